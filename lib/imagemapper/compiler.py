@@ -1,0 +1,215 @@
+"""Compile every ImageMap and map file of the cluster into the snapshot.
+
+The work is incremental. Each namespace's inputs are hashed, and a namespace whose
+hash matches the last build (recorded in ``index.json``) is neither recompiled nor
+rewritten. A change to one ImageMap therefore costs work in proportion to its own
+namespace, plus hashing the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from imagemapper import imagemap, mapfile, snapshot
+from imagemapper.imagemap import MapInput
+from imagemapper.rules import merge_targets
+
+INDEX = "index.json"
+MAP_FILE_LABEL = "imagemapper.io/map-file"
+
+
+class MapFileInput:
+    """One labeled ConfigMap: every data key holds one map file."""
+
+    __slots__ = ("namespace", "name", "uid", "data", "label")
+
+    def __init__(self, namespace: str, name: str, uid: str, data: dict, label: str = ""):
+        self.namespace = namespace
+        self.name = name
+        self.uid = uid or ""
+        self.data = {k: v for k, v in (data or {}).items() if isinstance(v, str)}
+        self.label = label  # overrides the source text (the CLI names files, not ConfigMaps)
+
+    @classmethod
+    def from_object(cls, obj: dict) -> MapFileInput:
+        meta = obj.get("metadata") or {}
+        data = obj.get("data")
+        return cls(meta.get("namespace") or "", meta.get("name") or "", meta.get("uid") or "",
+                   data if isinstance(data, dict) else {})
+
+    def files(self) -> list[tuple[str, str]]:
+        """(source, text) per key in key order; the source names ConfigMap and key."""
+        return [(self.label or f"{self.prefix()}{key}", self.data[key]) for key in sorted(self.data)]
+
+    def prefix(self) -> str:
+        return self.label or f"configmap {self.namespace}/{self.name} key "
+
+
+class Result:
+    """What one build decided, for status, Events, metrics and logs."""
+
+    def __init__(self) -> None:
+        self.verdicts: dict[tuple[str, str], list] = {}      # (ns, name) -> [reason, message, rules]
+        self.diagnostics: dict[tuple[str, str], list[dict]] = {}  # (ns, configmap) -> diags
+        self.rules = {"namespace": 0, "cluster": 0}
+        self.recompiled: list[str] = []                      # namespaces compiled this time
+        self.namespaces = 0
+
+
+def _digest(payload: object) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _files_of(configmaps: list[MapFileInput]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for cm in sorted(configmaps, key=lambda c: c.name):
+        out.extend(cm.files())
+    return out
+
+
+def layer_size(layer: dict | None) -> int:
+    """Number of rules in a compiled layer (entries of every table, plus default)."""
+    if not layer:
+        return 0
+    total = sum(len(v) for v in layer.values() if isinstance(v, (dict, list)))
+    return total + (1 if layer.get("default") is not None else 0)
+
+
+def _diag_dict(diag) -> dict:
+    return {"source": diag.source, "line": diag.line, "severity": diag.severity,
+            "message": diag.message, "text": str(diag)}
+
+
+def _split_diagnostics(diags: list, configmaps: list[MapFileInput]) -> dict[tuple[str, str], list[dict]]:
+    out: dict[tuple[str, str], list[dict]] = {}
+    for cm in configmaps:
+        prefix = cm.prefix()
+        out[(cm.namespace, cm.name)] = [
+            _diag_dict(d) for d in diags
+            if d.source == cm.label or (not cm.label and d.source.startswith(prefix))]
+    return out
+
+
+def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[MapFileInput]):
+    """Compile one namespace: (doc or None, accepted doc or None, verdicts, diagnostics)."""
+    verdicts = imagemap.resolve_namespace(maps)
+    im_layer, im_targets = imagemap.compile_layer(verdicts)
+    mf_layer, mf_targets, diags = mapfile.compile_layer(_files_of(configmaps))
+    doc = None
+    if im_layer or mf_layer:
+        doc = {"imagemaps": im_layer, "mapfiles": mf_layer,
+               "targets": merge_targets(im_targets, mf_targets)}
+    accepted = {m.name: {"created": m.created, "items": m.items}
+                for m in maps if verdicts[m.name].ready}
+    flat = {name: [v.reason, v.message, v.rules] for name, v in verdicts.items()}
+    return doc, (accepted or None), flat, _split_diagnostics(diags, configmaps), layer_size(im_layer) + layer_size(mf_layer)
+
+
+def compile_cluster(configmaps: list[MapFileInput]):
+    """Compile the cluster-wide map files: (doc, diagnostics, rule count)."""
+    layer, targets, diags = mapfile.compile_layer(_files_of(configmaps))
+    return {"mapfiles": layer, "targets": targets}, _split_diagnostics(diags, configmaps), layer_size(layer)
+
+
+def _load_index(state_dir: str) -> dict:
+    try:
+        with open(os.path.join(state_dir, INDEX), encoding="utf-8") as handle:
+            index = json.load(handle)
+        if isinstance(index, dict) and index.get("v") == snapshot.VERSION:
+            return index
+    except (OSError, ValueError):
+        pass
+    return {"v": snapshot.VERSION, "namespaces": {}, "cluster": {}}
+
+
+def group_by_namespace(maps: list[MapInput], configmaps: list[MapFileInput], map_namespace: str):
+    """Split inputs into per-namespace groups and the cluster-wide map files."""
+    groups: dict[str, tuple[list, list]] = {}
+    cluster: list[MapFileInput] = []
+    for imap in maps:
+        groups.setdefault(imap.namespace, ([], []))[0].append(imap)
+    for cm in configmaps:
+        if cm.namespace == map_namespace:
+            cluster.append(cm)
+        else:
+            groups.setdefault(cm.namespace, ([], []))[1].append(cm)
+    return groups, cluster
+
+
+def _namespace_key(maps: list[MapInput], cms: list[MapFileInput]) -> str:
+    return _digest([sorted([m.name, m.created, m.items] for m in maps),
+                    sorted([c.name, c.data] for c in cms)])
+
+
+def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
+          map_namespace: str) -> Result:
+    """Bring the snapshot in ``state_dir`` up to date with the given cluster state."""
+    result = Result()
+    index = _load_index(state_dir)
+    old_ns: dict = index.get("namespaces", {})
+    new_ns: dict = {}
+    groups, cluster_cms = group_by_namespace(maps, configmaps, map_namespace)
+    for namespace in sorted(groups):
+        ns_maps, ns_cms = groups[namespace]
+        new_ns[namespace] = _build_namespace(state_dir, namespace, ns_maps, ns_cms,
+                                             old_ns.get(namespace), result)
+    for gone in set(old_ns) - set(new_ns):
+        if snapshot.valid_namespace(gone):
+            snapshot.remove(snapshot.namespace_path(state_dir, gone))
+            snapshot.remove(snapshot.namespace_path(state_dir, gone, "accepted"))
+    cluster_entry = _build_cluster(state_dir, cluster_cms, index.get("cluster") or {}, result)
+    result.namespaces = sum(1 for entry in new_ns.values() if entry["rules"])
+    snapshot.write_atomic(os.path.join(state_dir, INDEX), json.dumps(
+        {"v": snapshot.VERSION, "namespaces": new_ns, "cluster": cluster_entry}))
+    snapshot.mark_ready(state_dir)
+    return result
+
+
+def _build_namespace(state_dir: str, namespace: str, maps: list, cms: list,
+                     previous: dict | None, result: Result) -> dict:
+    key = _namespace_key(maps, cms)
+    doc_path = snapshot.namespace_path(state_dir, namespace)
+    fresh = previous and previous.get("hash") == key and (
+        not previous.get("rules") or os.path.exists(doc_path))
+    if fresh:
+        entry = previous
+    else:
+        doc, accepted, verdicts, diags, rules = compile_namespace(namespace, maps, cms)
+        _store(doc_path, doc)
+        _store(snapshot.namespace_path(state_dir, namespace, "accepted"),
+               {"maps": accepted} if accepted else None)
+        entry = {"hash": key, "rules": rules, "verdicts": verdicts,
+                 "diagnostics": [[k[1], v] for k, v in diags.items()]}
+        result.recompiled.append(namespace)
+    for name, verdict in entry["verdicts"].items():
+        result.verdicts[(namespace, name)] = verdict
+    for cm_name, diags in entry["diagnostics"]:
+        result.diagnostics[(namespace, cm_name)] = diags
+    result.rules["namespace"] += entry["rules"]
+    return entry
+
+
+def _build_cluster(state_dir: str, cms: list, previous: dict, result: Result) -> dict:
+    key = _digest(sorted([c.name, c.data] for c in cms))
+    path = os.path.join(state_dir, snapshot.CLUSTER)
+    if previous.get("hash") == key and os.path.exists(path):
+        entry = previous
+    else:
+        doc, diags, rules = compile_cluster(cms)
+        snapshot.write_doc(path, {"generation": key, **doc})
+        entry = {"hash": key, "rules": rules, "diagnostics": [[k[1], v] for k, v in diags.items()],
+                 "namespace": cms[0].namespace if cms else ""}
+    for cm_name, diags in entry["diagnostics"]:
+        result.diagnostics[(entry.get("namespace", ""), cm_name)] = diags
+    result.rules["cluster"] = entry["rules"]
+    return entry
+
+
+def _store(path: str, doc: dict | None) -> None:
+    if doc is None:
+        snapshot.remove(path)
+    else:
+        snapshot.write_doc(path, doc)

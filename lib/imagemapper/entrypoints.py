@@ -1,0 +1,110 @@
+"""What the three executables in ``hooks/`` do, so that they stay three lines long.
+
+Each ``*_main(argv)`` returns the process exit code. ``--config`` prints the binding
+configuration generated from the environment, and a bad setting exits 1 with the
+variable's name, so that shell-operator refuses to start. Admission runs always exit 0
+(see :func:`imagemapper.protocol.admission_main`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from imagemapper import protocol
+from imagemapper.settings import Settings, SettingsError, from_env
+
+
+def _print_config(builder_name: str) -> int:
+    from imagemapper import hookconfig
+
+    try:
+        settings = from_env()
+    except SettingsError as exc:
+        sys.stderr.write(f"image-mapper: {exc}\n")
+        return 1
+    protocol.print_config(getattr(hookconfig, builder_name)(settings))
+    return 0
+
+
+def _settings() -> Settings:
+    return from_env(require_namespace=False)
+
+
+def _safe_settings() -> Settings:
+    try:
+        return _settings()
+    except SettingsError:
+        return Settings()  # defaults: Fail, the safe side
+
+
+def mutate_main(argv: list[str]) -> int:
+    if argv[:1] == ["--config"]:
+        return _print_config("mutate_config")
+    from imagemapper import admission
+
+    def handle(context: dict) -> dict:
+        settings = _settings()
+        request = (context.get("review") or {}).get("request") or {}
+        rewrites: list = []
+        response = admission.mutate(request, settings, rewrites)
+        _report_mutation(request, response, rewrites, settings)
+        return response
+
+    return protocol.admission_main(
+        handle, lambda problem: admission.failure(_safe_settings(), problem))
+
+
+def _report_mutation(request: dict, response: dict, rewrites: list, settings: Settings) -> None:
+    """Log one line per rewrite and bump the counters; never fails the admission."""
+    namespace = request.get("namespace") or ""
+    meta = (request.get("object") or {}).get("metadata") or {}
+    pod = request.get("name") or meta.get("name") or meta.get("generateName") or ""
+    for item in rewrites:
+        protocol.log("rewrite", namespace=namespace, pod=pod, container=item.field.key,
+                     image=item.decision.image, to=item.decision.new, rule=item.decision.rule)
+    result = "patched" if "patch" in response else (
+        "unchanged" if response.get("allowed") else "refused")
+    per_source: dict[str, int] = {}
+    for item in rewrites:
+        per_source[item.source] = per_source.get(item.source, 0) + 1
+    increments = [("image_mapper_admissions_total", {"result": result}, 1)]
+    increments += [("image_mapper_rewrites_total", {"namespace": namespace, "source": source}, n)
+                   for source, n in sorted(per_source.items())]
+    try:
+        from imagemapper import counters
+
+        totals = counters.bump(settings.state_dir, increments)
+        protocol.write_metrics(protocol.counter_metrics(totals))
+    except OSError as exc:
+        protocol.log("metrics not recorded", level="warn", error=str(exc))
+
+
+def validate_main(argv: list[str]) -> int:
+    if argv[:1] == ["--config"]:
+        return _print_config("validate_config")
+    from imagemapper import admission
+
+    def handle(context: dict) -> dict:
+        request = (context.get("review") or {}).get("request") or {}
+        return admission.validate(request, _settings())
+
+    return protocol.admission_main(handle, lambda problem: protocol.allow(
+        [f"image-mapper could not validate this object ({problem}); "
+         "the sync hook will report problems in status and Events"]))
+
+
+def sync_main(argv: list[str]) -> int:
+    if argv[:1] == ["--config"]:
+        return _print_config("sync_config")
+    from imagemapper import sync
+
+    settings = _settings()
+    os.makedirs(settings.state_dir, exist_ok=True)
+    out = sync.run(protocol.read_contexts(), settings)
+    protocol.write_kube_operations(out.operations)
+    protocol.write_metrics(out.metrics)
+    for line in out.logs:
+        line = dict(line)
+        protocol.log(line.pop("msg"), level=line.pop("level", "info"), **line)
+    return 0

@@ -1,0 +1,91 @@
+"""The ``--config`` documents of the three hooks, generated from the settings.
+
+The output follows shell-operator's v1 hook configuration schema. Webhook names must
+be DNS subdomains with at least three segments, and they are unique across hooks,
+because shell-operator routes admission requests by them.
+"""
+
+from __future__ import annotations
+
+from imagemapper.settings import MAP_FILE_LABEL, MODE_LABEL, Settings
+
+MUTATE_WEBHOOK = "pods.mutate.imagemapper.io"
+VALIDATE_IMAGEMAPS = "imagemaps.validate.imagemapper.io"
+VALIDATE_MAPFILES = "mapfiles.validate.imagemapper.io"
+SYNC_GROUP = "sync"
+
+IMAGEMAP_FILTER = ("{name: .metadata.name, namespace: .metadata.namespace, uid: .metadata.uid,"
+                   " generation: .metadata.generation, created: .metadata.creationTimestamp,"
+                   " spec: .spec}")
+MAPFILE_FILTER = ("{name: .metadata.name, namespace: .metadata.namespace, uid: .metadata.uid,"
+                  " data: .data}")
+WEBHOOK_FILTER = "[.webhooks[]? | {name: .name, reinvocationPolicy: .reinvocationPolicy}]"
+
+
+def namespace_selector(settings: Settings) -> dict:
+    """System namespaces are never mutated; the mode label opts namespaces in or out."""
+    system = sorted({"kube-system", settings.operator_namespace} - {""})
+    expressions = [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": system}]
+    if settings.namespace_mode == "opt-in":
+        expressions.append({"key": MODE_LABEL, "operator": "In", "values": ["enabled"]})
+    else:
+        expressions.append({"key": MODE_LABEL, "operator": "NotIn", "values": ["disabled"]})
+    return {"labelSelector": {"matchExpressions": expressions}}
+
+
+def mutate_config(settings: Settings) -> dict:
+    pods = {"apiGroups": [""], "apiVersions": ["v1"], "scope": "Namespaced"}
+    return {
+        "configVersion": "v1",
+        "kubernetesMutating": [{
+            "name": MUTATE_WEBHOOK,
+            "rules": [
+                {**pods, "operations": ["CREATE", "UPDATE"], "resources": ["pods"]},
+                {**pods, "operations": ["UPDATE"], "resources": ["pods/ephemeralcontainers"]},
+            ],
+            "namespace": namespace_selector(settings),
+            "labelSelector": {"matchExpressions": [
+                {"key": MODE_LABEL, "operator": "NotIn", "values": ["disabled"]}]},
+            "failurePolicy": settings.failure_policy,
+            "sideEffects": "None",
+            "timeoutSeconds": settings.timeout_seconds,
+        }],
+    }
+
+
+def validate_config(settings: Settings) -> dict:
+    """Apply-time checks. They fail open: the sync hook stays the authority."""
+    common = {"failurePolicy": "Ignore", "sideEffects": "None",
+              "timeoutSeconds": settings.timeout_seconds}
+    return {
+        "configVersion": "v1",
+        "kubernetesValidating": [
+            {"name": VALIDATE_IMAGEMAPS, **common, "rules": [{
+                "apiGroups": ["imagemapper.io"], "apiVersions": ["v1alpha1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["imagemaps"],
+                "scope": "Namespaced"}]},
+            {"name": VALIDATE_MAPFILES, **common,
+             "labelSelector": {"matchLabels": {MAP_FILE_LABEL: "true"}},
+             "rules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"],
+                        "scope": "Namespaced"}]},
+        ],
+    }
+
+
+def sync_config(settings: Settings) -> dict:
+    """One group, so every event ends in one compile of the whole current state."""
+    return {
+        "configVersion": "v1",
+        "kubernetes": [
+            {"name": "imagemaps", "apiVersion": "imagemapper.io/v1alpha1", "kind": "ImageMap",
+             "group": SYNC_GROUP, "jqFilter": IMAGEMAP_FILTER},
+            {"name": "mapfiles", "apiVersion": "v1", "kind": "ConfigMap",
+             "labelSelector": {"matchLabels": {MAP_FILE_LABEL: "true"}},
+             "keepFullObjectsInMemory": False, "group": SYNC_GROUP, "jqFilter": MAPFILE_FILTER},
+            {"name": "webhook", "apiVersion": "admissionregistration.k8s.io/v1",
+             "kind": "MutatingWebhookConfiguration",
+             "nameSelector": {"matchNames": [settings.webhook_configuration]},
+             "keepFullObjectsInMemory": False, "group": SYNC_GROUP, "jqFilter": WEBHOOK_FILTER},
+        ],
+    }

@@ -1,0 +1,408 @@
+"""ImageMap rules: entry validation, conflict and chain resolution, layer lookup.
+
+An entry's ``from`` takes one of three forms, each matched on the normalized
+reference:
+
+* exact: a reference with a tag and/or digest; ``to`` is a full reference, used as
+  written;
+* repository: a reference with neither; ``to`` is a repository, and the image's tag and
+  digest are carried over;
+* prefix: ``<registry>[/<path>]/*``; ``to`` ends in ``/*`` and receives the rest of the
+  normalized path plus the tag and digest.
+
+An entry without ``to`` is an exclusion at its own specificity.
+
+The compiled *layer* is a plain dict, so it round-trips through the JSON snapshot
+without conversion:
+``{"exact": {ref: [to|None, rule]}, "repo": {name: [...]}, "prefix": {prefix: [...]}}``.
+:func:`lookup` is on the admission hot path and imports nothing but
+:mod:`imagemapper.reference`.
+"""
+
+from __future__ import annotations
+
+from imagemapper.reference import InvalidReference, parse, split_domain, valid_domain, valid_path
+
+EXACT, REPO, PREFIX = "exact", "repo", "prefix"
+
+
+class Entry:
+    """One validated ``spec.map`` entry."""
+
+    __slots__ = ("index", "kind", "key", "to", "to_range", "raw_from", "raw_to")
+
+    def __init__(self, index: int, kind: str, key: str, to: str | None,
+                 to_range: tuple[str, str] | None, raw_from: str, raw_to: str | None):
+        self.index = index
+        self.kind = kind          # EXACT, REPO or PREFIX
+        self.key = key            # normalized from: full ref, name, or name prefix
+        self.to = to              # what the layer stores: full ref, repo, or prefix base
+        self.to_range = to_range  # (kind, key) of everything this entry can produce
+        self.raw_from = raw_from
+        self.raw_to = raw_to
+
+    @property
+    def from_range(self) -> tuple[str, str]:
+        return (self.kind, self.key)
+
+    def label(self) -> str:
+        return f"spec.map[{self.index}]"
+
+
+class EntryError(ValueError):
+    """An entry that cannot be used; the message names the entry."""
+
+
+def _prefix_key(text: str, what: str) -> str:
+    """Normalize ``<registry>[/<path>]``, the part of a prefix before ``/*``.
+
+    The registry rule is the reference grammar's (``quay.io`` is a registry,
+    ``bitnami`` a Docker Hub namespace), and no ``library/`` is inserted: a prefix
+    names a path, not an image.
+    """
+    if not text:
+        raise EntryError(f"{what} prefix needs a registry or path before '/*'")
+    domain, rest = split_domain(text + "/x")
+    rest = rest[:-2]
+    if not valid_domain(domain):
+        raise EntryError(f"{what} {text!r}: invalid registry {domain!r}")
+    if rest and not valid_path(rest):
+        raise EntryError(f"{what} {text!r}: invalid repository path {rest!r}")
+    return f"{domain}/{rest}" if rest else domain
+
+
+def parse_entry(index: int, item: object) -> Entry:
+    """Validate one ``spec.map`` item; raise EntryError naming what is wrong."""
+    label = f"spec.map[{index}]"
+    if not isinstance(item, dict):
+        raise EntryError(f"{label}: must be an object with 'from' and optional 'to'")
+    raw_from, raw_to = item.get("from"), item.get("to")
+    if not isinstance(raw_from, str) or not raw_from:
+        raise EntryError(f"{label}: 'from' must be a non-empty string")
+    if raw_to is not None and not isinstance(raw_to, str):
+        raise EntryError(f"{label}: 'to' must be a string")
+    raw_to = raw_to or None
+    try:
+        return _build_entry(index, raw_from, raw_to)
+    except InvalidReference as exc:
+        raise EntryError(f"{label} (from {raw_from!r}): {exc}") from None
+    except EntryError as exc:
+        raise EntryError(f"{label} (from {raw_from!r}): {exc}") from None
+
+
+def _build_entry(index: int, raw_from: str, raw_to: str | None) -> Entry:
+    if raw_from.endswith("/*"):
+        key = _prefix_key(raw_from[:-2], "'from'")
+        if raw_to is None:
+            return Entry(index, PREFIX, key, None, None, raw_from, None)
+        if not raw_to.endswith("/*"):
+            raise EntryError(f"'to' {raw_to!r} must end in '/*' like 'from'")
+        to_key = _prefix_key(raw_to[:-2], "'to'")
+        return Entry(index, PREFIX, key, raw_to[:-2], (PREFIX, to_key), raw_from, raw_to)
+    if "*" in raw_from:
+        raise EntryError("'*' is only allowed as a final '/*' path prefix")
+    ref = parse(raw_from)
+    if ref.tag is None and ref.digest is None:
+        return _repo_entry(index, ref.name, raw_from, raw_to)
+    if raw_to is None:
+        return Entry(index, EXACT, str(ref), None, None, raw_from, None)
+    if raw_to.endswith("/*"):
+        raise EntryError(f"'to' {raw_to!r} is a prefix, but 'from' is an exact reference")
+    to_ref = parse(raw_to)
+    return Entry(index, EXACT, str(ref), raw_to, (EXACT, str(to_ref)), raw_from, raw_to)
+
+
+def _repo_entry(index: int, name: str, raw_from: str, raw_to: str | None) -> Entry:
+    if raw_to is None:
+        return Entry(index, REPO, name, None, None, raw_from, None)
+    if raw_to.endswith("/*"):
+        raise EntryError(f"'to' {raw_to!r} is a prefix, but 'from' is a repository")
+    to_ref = parse(raw_to)
+    if to_ref.tag is not None or to_ref.digest is not None:
+        raise EntryError(
+            f"'to' {raw_to!r} has a tag or digest, but 'from' is a repository "
+            "(its tag and digest are carried over)")
+    return Entry(index, REPO, name, raw_to, (REPO, to_ref.name), raw_from, raw_to)
+
+
+# ----------------------------------------------------------------------------- ranges
+
+def _ancestors(name: str) -> list[str]:
+    """``a/b/c`` -> ``["a/b/c", "a/b", "a"]``: every prefix on component boundaries."""
+    out = [name]
+    cut = name.rfind("/")
+    while cut > 0:
+        name = name[:cut]
+        out.append(name)
+        cut = name.rfind("/")
+    return out
+
+
+def _range_name(rng: tuple[str, str]) -> str:
+    kind, key = rng
+    if kind != EXACT:
+        return key
+    return parse(key).name
+
+
+class RangeIndex:
+    """Finds an owner whose range of images intersects a given range.
+
+    Ranges are exact references, repositories and name prefixes; two ranges
+    intersect when some image lies in both. Each lookup costs a few dict probes per
+    path component, so checking 100k entries stays linear.
+    """
+
+    def __init__(self) -> None:
+        self.exact: dict[str, object] = {}
+        self.exact_names: dict[str, object] = {}
+        self.repos: dict[str, object] = {}
+        self.prefixes: dict[str, object] = {}
+        self.below: dict[str, object] = {}
+
+    def add(self, rng: tuple[str, str], owner: object) -> None:
+        kind, key = rng
+        name = _range_name(rng)
+        if kind == EXACT:
+            self.exact.setdefault(key, owner)
+            self.exact_names.setdefault(name, owner)
+        elif kind == REPO:
+            self.repos.setdefault(key, owner)
+        else:
+            self.prefixes.setdefault(key, owner)
+        ancestors = _ancestors(name)
+        # Something lies strictly below every proper ancestor; a prefix also covers itself.
+        for anc in ancestors if kind == PREFIX else ancestors[1:]:
+            self.below.setdefault(anc, owner)
+
+    def find(self, rng: tuple[str, str], skip: object = None):
+        """Return an owner (other than ``skip``) whose range intersects ``rng``."""
+        kind, key = rng
+        name = _range_name(rng)
+        ancestors = _ancestors(name)
+        # Prefixes cover names strictly below them; equal prefixes overlap too.
+        covering = ancestors if kind == PREFIX else ancestors[1:]
+        probes: list[tuple[dict, str]] = [(self.prefixes, anc) for anc in covering]
+        if kind == EXACT:
+            probes += [(self.exact, key), (self.repos, name)]
+        elif kind == REPO:
+            probes += [(self.repos, key), (self.exact_names, name)]
+        else:
+            probes.append((self.below, key))
+        for table, probe in probes:
+            owner = table.get(probe)
+            if owner is not None and owner is not skip:
+                return owner
+        return None
+
+
+# ----------------------------------------------------------------------------- resolution
+
+class MapInput:
+    """One ImageMap as the resolver needs it."""
+
+    __slots__ = ("namespace", "name", "created", "generation", "items")
+
+    def __init__(self, namespace: str, name: str, created: str, generation: int, items: list):
+        self.namespace = namespace
+        self.name = name
+        self.created = created or ""
+        self.generation = generation
+        self.items = items
+
+    @classmethod
+    def from_object(cls, obj: dict) -> MapInput:
+        """Build from an ImageMap object (or a jqFilter result of the same shape)."""
+        meta = obj.get("metadata") or {}
+        spec = obj.get("spec") or {}
+        items = spec.get("map") if isinstance(spec, dict) else None
+        return cls(meta.get("namespace") or "", meta.get("name") or "",
+                   meta.get("creationTimestamp") or "", meta.get("generation") or 0,
+                   items if isinstance(items, list) else [])
+
+    def order_key(self) -> tuple[str, str]:
+        """Older maps win; the name breaks ties, so every replica agrees."""
+        return (self.created, self.name)
+
+
+class Verdict:
+    """The Ready condition an ImageMap should carry."""
+
+    __slots__ = ("reason", "message", "entries")
+
+    def __init__(self, reason: str, message: str, entries: list[Entry]):
+        self.reason = reason      # "Accepted" | "Invalid" | "Conflict"
+        self.message = message
+        self.entries = entries    # active entries (empty unless Accepted)
+
+    @property
+    def ready(self) -> bool:
+        return self.reason == "Accepted"
+
+    @property
+    def rules(self) -> int:
+        return len(self.entries)
+
+
+def validate_entries(imap: MapInput) -> tuple[list[Entry], str | None]:
+    """Parse every entry; return (entries, error message or None)."""
+    if not imap.items:
+        return [], "spec.map is empty or missing"
+    entries, errors = [], []
+    for index, item in enumerate(imap.items):
+        try:
+            entries.append(parse_entry(index, item))
+        except EntryError as exc:
+            errors.append(str(exc))
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return [], errors[0] + more
+    return entries, None
+
+
+def _describe_to(entry: Entry) -> str:
+    return repr(entry.raw_to) if entry.raw_to is not None else "nothing (an exclusion)"
+
+
+class _Accepted:
+    """The accepted entries of one namespace, indexed for conflict and chain checks."""
+
+    def __init__(self) -> None:
+        self.by_from: dict[tuple[str, str], tuple[Entry, str]] = {}
+        self.froms = RangeIndex()
+        self.tos = RangeIndex()
+
+    def add(self, entries: list[Entry], owner: str) -> None:
+        for entry in entries:
+            self.by_from.setdefault(entry.from_range, (entry, owner))
+            tag = (entry, owner)
+            if entry.to is not None:
+                self.froms.add(entry.from_range, tag)
+                self.tos.add(entry.to_range, tag)
+
+    def problem(self, entries: list[Entry], self_name: str) -> str | None:
+        """Explain why ``entries`` cannot join, or return None."""
+        for entry in entries:
+            found = self.by_from.get(entry.from_range)
+            if found and found[0].to != entry.to:
+                other, owner = found
+                return (f"{entry.label()} maps {entry.key!r} to {_describe_to(entry)} but "
+                        f"{_owner_text(owner, self_name)} {other.label()} maps it to "
+                        f"{_describe_to(other)}")
+        for entry in entries:
+            if entry.to is None:
+                continue
+            hit = self.tos.find(entry.from_range, skip=None)
+            if hit:
+                other, owner = hit
+                return (f"chain: {entry.label()} (from {entry.raw_from!r}) matches the target "
+                        f"{other.raw_to!r} of {_owner_text(owner, self_name)} {other.label()}")
+            hit = self.froms.find(entry.to_range, skip=None)
+            if hit:
+                other, owner = hit
+                return (f"chain: the target {entry.raw_to!r} of {entry.label()} is matched by "
+                        f"{_owner_text(owner, self_name)} {other.label()} (from {other.raw_from!r})")
+        return None
+
+
+def _owner_text(owner: str, self_name: str) -> str:
+    return "this ImageMap's" if owner == self_name else f'ImageMap "{owner}"'
+
+
+def _internal_problem(entries: list[Entry], name: str) -> str | None:
+    """Conflicts and chains between the entries of one ImageMap."""
+    seen = _Accepted()
+    for entry in entries:
+        issue = seen.problem([entry], name)
+        if issue:
+            return issue
+        seen.add([entry], name)
+    return None
+
+
+def resolve_namespace(maps: list[MapInput]) -> dict[str, Verdict]:
+    """Decide Accepted/Invalid/Conflict for every ImageMap of one namespace.
+
+    Maps are taken oldest first (then by name). A map that conflicts or chains with
+    one accepted before it is rejected whole, and its message names the other map.
+    """
+    accepted = _Accepted()
+    verdicts: dict[str, Verdict] = {}
+    for imap in sorted(maps, key=MapInput.order_key):
+        entries, error = validate_entries(imap)
+        if error:
+            verdicts[imap.name] = Verdict("Invalid", error, [])
+            continue
+        issue = _internal_problem(entries, imap.name) or accepted.problem(entries, imap.name)
+        if issue:
+            verdicts[imap.name] = Verdict("Conflict", issue, [])
+            continue
+        accepted.add(entries, imap.name)
+        count = len(entries)
+        verdicts[imap.name] = Verdict(
+            "Accepted", f"{count} rule{'s' if count != 1 else ''} active", entries)
+    return verdicts
+
+
+def check_candidate(candidate: MapInput, others: list[MapInput]) -> str | None:
+    """Admission check: why ``candidate`` would be rejected next to ``others``.
+
+    ``others`` are the maps already accepted in the namespace (the candidate's own
+    previous version excluded). Unlike :func:`resolve_namespace`, age does not matter
+    here: a new or updated map that clashes with an accepted one is refused, so the
+    accepted map never silently loses its place.
+    """
+    entries, error = validate_entries(candidate)
+    if error:
+        return error
+    issue = _internal_problem(entries, candidate.name)
+    if issue:
+        return issue
+    accepted = _Accepted()
+    for other in others:
+        other_entries, other_error = validate_entries(other)
+        if not other_error:
+            accepted.add(other_entries, other.name)
+    return accepted.problem(entries, candidate.name)
+
+
+# ----------------------------------------------------------------------------- layer
+
+def compile_layer(verdicts: dict[str, Verdict]) -> tuple[dict | None, dict]:
+    """Turn accepted entries into a lookup layer and its targets."""
+    exact: dict[str, list] = {}
+    repo: dict[str, list] = {}
+    prefix: dict[str, list] = {}
+    targets: dict[str, dict] = {"exact": {}, "repo": {}, "prefix": {}, "strprefix": {}}
+    tables = {EXACT: exact, REPO: repo, PREFIX: prefix}
+    for name in sorted(verdicts):
+        for entry in verdicts[name].entries:
+            rule = f"imagemap {name} {entry.label()}: {entry.raw_from} -> {entry.raw_to or '(excluded)'}"
+            tables[entry.kind].setdefault(entry.key, [entry.to, rule])
+            if entry.to_range is not None:
+                kind, key = entry.to_range
+                targets[kind][key] = 1
+    if not (exact or repo or prefix):
+        return None, targets
+    return {"exact": exact, "repo": repo, "prefix": prefix}, targets
+
+
+def lookup(layer: dict, ref) -> tuple[str | None, str] | None:
+    """Most specific entry wins: exact, then repository, then the longest prefix."""
+    hit = layer["exact"].get(str(ref))
+    if hit is not None:
+        return hit[0], hit[1]
+    hit = layer["repo"].get(ref.name)
+    if hit is not None:
+        return (None if hit[0] is None else hit[0] + ref.suffix), hit[1]
+    prefixes = layer["prefix"]
+    if not prefixes:
+        return None
+    name = ref.name
+    for anc in _ancestors(name)[1:]:
+        hit = prefixes.get(anc)
+        if hit is not None:
+            if hit[0] is None:
+                return None, hit[1]
+            return f"{hit[0]}/{name[len(anc) + 1:]}{ref.suffix}", hit[1]
+    return None

@@ -1,0 +1,130 @@
+"""shell-operator's hook protocol (v1.20.3). The only module that knows about it.
+
+* Binding contexts are a JSON array in ``$BINDING_CONTEXT_PATH``.
+* The admission answer goes to ``$ADMISSION_RESPONSE_PATH`` (the same file as
+  ``$VALIDATING_RESPONSE_PATH``). ``patch`` is the base64 of a JSON Patch array, and
+  ``patchType`` is added by shell-operator. An empty file, a malformed file or a
+  non-zero exit all become a denial ("Hook failed"), whatever the failurePolicy says,
+  so :func:`admission_main` always writes one answer and always exits 0.
+* Kubernetes operations go to ``$KUBERNETES_PATCH_PATH`` as a stream of JSON objects
+  (never a top-level array).
+* Metrics go to ``$METRICS_PATH`` as a stream of JSON objects. shell-operator puts
+  every operation in a group (the hook name by default) and expires that group on
+  each run, so :func:`counter_metrics` gives each series a group of its own and sets
+  its running total.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import sys
+
+from imagemapper import fastjson
+
+
+def read_contexts(env=os.environ) -> list:
+    """The binding-context array of this run."""
+    contexts = fastjson.load_file(env["BINDING_CONTEXT_PATH"])
+    if not isinstance(contexts, list):
+        raise ValueError("binding context is not a JSON array")
+    return contexts
+
+
+def encode_patch(ops: list[dict]) -> str:
+    """The ``patch`` field: standard base64 of the JSON Patch text."""
+    return binascii.b2a_base64(fastjson.dumps(ops).encode(), newline=False).decode("ascii")
+
+
+def allow(warnings: list[str] | None = None, ops: list[dict] | None = None) -> dict:
+    response: dict = {"allowed": True}
+    if ops:
+        response["patch"] = encode_patch(ops)
+    if warnings:
+        response["warnings"] = warnings
+    return response
+
+
+def deny(message: str, warnings: list[str] | None = None) -> dict:
+    response: dict = {"allowed": False, "message": message}
+    if warnings:
+        response["warnings"] = warnings
+    return response
+
+
+def _response_path(env) -> str:
+    return env.get("ADMISSION_RESPONSE_PATH") or env["VALIDATING_RESPONSE_PATH"]
+
+
+def write_response(response: dict, env=os.environ) -> None:
+    """Write the one admission answer of this run (replacing anything there)."""
+    with open(_response_path(env), "w", encoding="utf-8") as handle:
+        handle.write(fastjson.dumps(response) + "\n")
+
+
+def _append_stream(path_var: str, docs: list[dict], env) -> None:
+    path = env.get(path_var)
+    if not docs or not path:
+        return
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(fastjson.dumps(doc) + "\n" for doc in docs))
+
+
+def write_kube_operations(ops: list[dict], env=os.environ) -> None:
+    _append_stream("KUBERNETES_PATCH_PATH", ops, env)
+
+
+def write_metrics(ops: list[dict], env=os.environ) -> None:
+    _append_stream("METRICS_PATH", ops, env)
+
+
+def gauge(name: str, value: float, labels: dict[str, str], group: str) -> dict:
+    return {"name": name, "group": group, "action": "set", "value": value, "labels": labels}
+
+
+def counter_metrics(totals: list[tuple[str, dict[str, str], int]]) -> list[dict]:
+    """Metric operations for running totals, one group per series.
+
+    shell-operator expires a group before it applies a run's operations to it, so a
+    shared group would forget every series the run did not touch.
+    """
+    ops = []
+    for name, labels, total in totals:
+        group = name + "{" + ",".join(f"{k}={labels[k]}" for k in sorted(labels)) + "}"
+        ops.append(gauge(name, total, labels, group))
+    return ops
+
+
+def log(msg: str, level: str = "info", **fields) -> None:
+    """One JSON log line; shell-operator turns its keys into structured fields."""
+    sys.stdout.write(fastjson.dumps({"level": level, "msg": msg, **fields}) + "\n")
+
+
+def print_config(config: dict) -> None:
+    sys.stdout.write(fastjson.dumps(config) + "\n")
+
+
+def admission_main(handle, failure_response) -> int:
+    """Run one admission and always leave exactly one well-formed answer.
+
+    ``handle(context) -> response``. If it raises, ``failure_response(message)``
+    decides the answer (the configured failure policy). The process exit code is
+    always 0: a non-zero exit would make shell-operator deny the request.
+    """
+    response = None
+    try:
+        contexts = read_contexts()
+        if len(contexts) != 1:
+            raise ValueError(f"expected one admission binding context, got {len(contexts)}")
+        response = handle(contexts[0])
+    except BaseException as exc:  # noqa: BLE001 - the answer must be written whatever happened
+        try:
+            log("internal error", level="error", error=f"{type(exc).__name__}: {exc}")
+            response = failure_response(f"internal error: {type(exc).__name__}: {exc}")
+        except BaseException:  # noqa: BLE001
+            response = deny("image-mapper: internal error")
+    try:
+        write_response(response)
+    except BaseException as exc:  # noqa: BLE001 - nothing else can be done; say so
+        sys.stderr.write(f"image-mapper: cannot write the admission response: {exc}\n")
+    return 0

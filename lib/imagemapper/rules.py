@@ -1,0 +1,119 @@
+"""Deciding what one image becomes, given the layers that apply to its namespace.
+
+Layers are consulted in order: the namespace's ImageMaps, the namespace's map files,
+then the cluster-wide map files. The first layer with an opinion decides, and an
+exclusion counts as an opinion. Before any layer is asked, the idempotence guard
+leaves alone every image that already lies where some applicable rule sends images,
+so rewriting a rewritten image changes nothing (``f(f(x)) == f(x)``).
+
+This module is on the admission hot path: it imports only the reference parser and
+the two lookup functions.
+"""
+
+from __future__ import annotations
+
+from imagemapper import imagemap, mapfile
+from imagemapper.reference import InvalidReference, parse
+
+
+class Decision:
+    """What happened to one image, for the patch, the log line and ``--explain``."""
+
+    __slots__ = ("image", "new", "rule", "scope", "error")
+
+    def __init__(self, image: str, new: str | None = None, rule: str = "",
+                 scope: str = "", error: str = ""):
+        self.image = image    # the image as written in the Pod
+        self.new = new        # the replacement, or None when the image stays
+        self.rule = rule      # the rule that decided, or why nothing did
+        self.scope = scope    # "namespace" | "cluster" | "" (no rule)
+        self.error = error    # set when the image is not a valid reference
+
+    @property
+    def changed(self) -> bool:
+        return self.new is not None and self.new != self.image
+
+    def __repr__(self) -> str:
+        return f"Decision({self.image!r} -> {self.new!r}, {self.rule!r})"
+
+
+def empty_targets() -> dict:
+    return {"exact": {}, "repo": {}, "prefix": {}, "strprefix": {}}
+
+
+def merge_targets(*many: dict) -> dict:
+    """Union of several targets dicts (used when compiling a snapshot)."""
+    out = empty_targets()
+    for targets in many:
+        for kind, keys in targets.items():
+            out[kind].update(keys)
+    return out
+
+
+def _component_prefixes(name: str) -> list[str]:
+    out = []
+    cut = len(name)
+    while cut > 0:
+        out.append(name[:cut])
+        cut = name.rfind("/", 0, cut)
+    return out
+
+
+def under_targets(ref, targets: dict) -> str | None:
+    """Return the target an image already lies under, or None.
+
+    Prefix targets match on path-component boundaries, and a registry target also
+    covers the same host with any port (a map-file rule may keep the image's port).
+    """
+    if not targets:
+        return None
+    if str(ref) in targets["exact"]:
+        return str(ref)
+    name = ref.name
+    if name in targets["repo"]:
+        return name
+    prefixes = targets["prefix"]
+    if prefixes:
+        names = [name]
+        host = ref.domain.rsplit(":", 1)[0] if ref.domain.rfind(":") > ref.domain.rfind("]") else ""
+        if host:
+            names.append(host + name[len(ref.domain):])
+        for candidate in names:
+            for prefix in _component_prefixes(candidate):
+                if prefix in prefixes:
+                    return prefix
+    strprefixes = targets["strprefix"]
+    if strprefixes:
+        for end in range(len(name), 0, -1):
+            if name[:end] in strprefixes:
+                return name[:end]
+    return None
+
+
+def _layers(ns_doc: dict | None, cluster_doc: dict | None):
+    if ns_doc:
+        if ns_doc.get("imagemaps"):
+            yield "namespace", imagemap.lookup, ns_doc["imagemaps"]
+        if ns_doc.get("mapfiles"):
+            yield "namespace", mapfile.lookup, ns_doc["mapfiles"]
+    if cluster_doc and cluster_doc.get("mapfiles"):
+        yield "cluster", mapfile.lookup, cluster_doc["mapfiles"]
+
+
+def decide(image: str, ns_doc: dict | None, cluster_doc: dict | None) -> Decision:
+    """Decide one image. Never raises for any string input."""
+    try:
+        ref = parse(image)
+    except InvalidReference as exc:
+        return Decision(image, error=str(exc), rule="not a valid image reference")
+    for doc, scope in ((ns_doc, "namespace"), (cluster_doc, "cluster")):
+        hit = under_targets(ref, doc.get("targets")) if doc else None
+        if hit:
+            return Decision(image, rule=f"already under target {hit!r} of a {scope} rule",
+                            scope=scope)
+    for scope, lookup, layer in _layers(ns_doc, cluster_doc):
+        found = lookup(layer, ref, image) if lookup is mapfile.lookup else lookup(layer, ref)
+        if found is not None:
+            new, rule = found
+            return Decision(image, new=new, rule=rule, scope=scope)
+    return Decision(image, rule="no rule matches")

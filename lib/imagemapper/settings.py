@@ -1,0 +1,93 @@
+"""The ``IMAGE_MAPPER_*`` settings, read from the environment and validated.
+
+A bad value raises :class:`SettingsError` with the variable's name. The hooks call
+this at ``--config`` time, so a bad Deployment fails when shell-operator starts,
+not later on some Pod.
+"""
+
+from __future__ import annotations
+
+import os
+
+MODE_LABEL = "imagemapper.io/mode"
+MAP_FILE_LABEL = "imagemapper.io/map-file"
+DEFAULT_STATE_DIR = "/var/run/image-mapper"
+DEFAULT_CONFIGURATION_NAME = "shell-operator-hooks"
+
+
+class SettingsError(ValueError):
+    """A configuration variable holds a value we cannot use."""
+
+
+class Settings:
+    """Validated configuration, with the defaults of SPEC §8."""
+
+    __slots__ = ("namespace_mode", "failure_policy", "timeout_seconds", "operator_namespace",
+                 "map_namespace", "state_dir", "configuration_name")
+
+    def __init__(self, namespace_mode: str = "opt-out", failure_policy: str = "Fail",
+                 timeout_seconds: int = 10, operator_namespace: str = "",
+                 map_namespace: str = "", state_dir: str = DEFAULT_STATE_DIR,
+                 configuration_name: str = DEFAULT_CONFIGURATION_NAME):
+        self.namespace_mode = namespace_mode
+        self.failure_policy = failure_policy
+        self.timeout_seconds = timeout_seconds
+        self.operator_namespace = operator_namespace
+        self.map_namespace = map_namespace or operator_namespace
+        self.state_dir = state_dir
+        self.configuration_name = configuration_name
+
+    @property
+    def webhook_configuration(self) -> str:
+        """shell-operator names its webhook configurations ``<name>-hooks``."""
+        return f"{self.configuration_name}-hooks"
+
+
+def _choice(env: dict, name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, "") or default
+    if value not in allowed:
+        raise SettingsError(f"{name}={value!r} is not valid; use one of: {', '.join(allowed)}")
+    return value
+
+
+def _timeout(env: dict) -> int:
+    raw = env.get("IMAGE_MAPPER_TIMEOUT_SECONDS", "") or "10"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"IMAGE_MAPPER_TIMEOUT_SECONDS={raw!r} is not a whole number of seconds") from None
+    if not 1 <= value <= 30:
+        raise SettingsError(f"IMAGE_MAPPER_TIMEOUT_SECONDS={value} is out of range; "
+                            "the API server allows 1 to 30")
+    return value
+
+
+def _namespace(env: dict, name: str, required: bool) -> str:
+    value = env.get(name, "")
+    if not value:
+        if required:
+            raise SettingsError(f"{name} is not set; it must name the operator's namespace "
+                                "(the Deployment sets it from metadata.namespace)")
+        return ""
+    if len(value) > 63 or not all(c.isdigit() or "a" <= c <= "z" or c == "-" for c in value) \
+            or value[0] == "-" or value[-1] == "-":
+        raise SettingsError(f"{name}={value!r} is not a valid namespace name")
+    return value
+
+
+def from_env(env: dict | None = None, require_namespace: bool = True) -> Settings:
+    """Read and validate the settings; raise SettingsError naming the variable."""
+    env = os.environ if env is None else env
+    state_dir = env.get("IMAGE_MAPPER_STATE_DIR", "") or DEFAULT_STATE_DIR
+    if not os.path.isabs(state_dir):
+        raise SettingsError(f"IMAGE_MAPPER_STATE_DIR={state_dir!r} must be an absolute path")
+    return Settings(
+        namespace_mode=_choice(env, "IMAGE_MAPPER_NAMESPACE_MODE", "opt-out", ("opt-out", "opt-in")),
+        failure_policy=_choice(env, "IMAGE_MAPPER_FAILURE_POLICY", "Fail", ("Fail", "Ignore")),
+        timeout_seconds=_timeout(env),
+        operator_namespace=_namespace(env, "SHELL_OPERATOR_NAMESPACE", require_namespace),
+        map_namespace=_namespace(env, "IMAGE_MAPPER_MAP_NAMESPACE", False),
+        state_dir=state_dir.rstrip("/") or "/",
+        configuration_name=env.get("VALIDATING_WEBHOOK_CONFIGURATION_NAME", "")
+        or DEFAULT_CONFIGURATION_NAME,
+    )
