@@ -71,11 +71,11 @@ def _files_of(configmaps: list[MapFileInput]) -> list[tuple[str, str]]:
 
 
 def layer_size(layer: dict | None) -> int:
-    """Number of rules in a compiled layer (entries of every table, plus default)."""
+    """Number of rules in a compiled layer (ImageMap or map-file tables)."""
     if not layer:
         return 0
-    total = sum(len(v) for v in layer.values() if isinstance(v, (dict, list)))
-    return total + (1 if layer.get("default") is not None else 0)
+    tables = sum(len(layer.get(k) or ()) for k in ("exact", "repo", "prefix", "replace", "keys"))
+    return tables + sum(1 for k in ("default", "noswap") if k in layer)
 
 
 def _diag_dict(diag) -> dict:
@@ -111,7 +111,7 @@ def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[Map
 def compile_cluster(configmaps: list[MapFileInput]):
     """Compile the cluster-wide map files: (doc, diagnostics, rule count)."""
     layer, targets, diags = mapfile.compile_layer(_files_of(configmaps))
-    return {"mapfiles": layer, "targets": targets}, _split_diagnostics(diags, configmaps), layer_size(layer)
+    return {"mapfiles": layer, "targets": merge_targets(targets)}, _split_diagnostics(diags, configmaps), layer_size(layer)
 
 
 def _load_index(state_dir: str) -> dict:

@@ -42,11 +42,11 @@ def empty_targets() -> dict:
 
 
 def merge_targets(*many: dict) -> dict:
-    """Union of several targets dicts (used when compiling a snapshot)."""
+    """Union of several targets (lists or dicts of keys), as dicts for O(1) lookups."""
     out = empty_targets()
     for targets in many:
         for kind, keys in targets.items():
-            out[kind].update(keys)
+            out[kind].update(dict.fromkeys(keys, 1))
     return out
 
 

@@ -1,0 +1,198 @@
+"""Mutate and validate decisions as pure functions (the process level is in test_hooks.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import jsonpatch
+import pytest
+
+from imagemapper import admission, compiler, podpatch
+from imagemapper.compiler import MapFileInput
+from imagemapper.imagemap import MapInput
+from imagemapper.settings import Settings
+
+OPNS = "image-mapper-system"
+
+
+@pytest.fixture
+def state(tmp_path):
+    maps = [MapInput("shop", "team", "2024-01-01T00:00:00Z", 1, [
+        {"from": "nginx", "to": "registry.corp/hub/nginx"},
+        {"from": "quay.io/jetstack/*", "to": "registry.corp/quay/jetstack/*"}])]
+    cms = [MapFileInput(OPNS, "cluster", "u", {"maps": "default::mirror.corp\nnoswap_wildcards::registry.corp\n"})]
+    compiler.build(str(tmp_path), maps, cms, OPNS)
+    return Settings(operator_namespace=OPNS, state_dir=str(tmp_path))
+
+
+def pod(containers=(), init=(), ephemeral=(), volumes=(), annotations=None, name="p"):
+    meta = {"name": name, "namespace": "shop"}
+    if annotations is not None:
+        meta["annotations"] = annotations
+    spec = {"containers": [{"name": n, "image": i} for n, i in containers]}
+    if init:
+        spec["initContainers"] = [{"name": n, "image": i} for n, i in init]
+    if ephemeral:
+        spec["ephemeralContainers"] = [{"name": n, "image": i} for n, i in ephemeral]
+    if volumes:
+        spec["volumes"] = [{"name": n, "image": {"reference": r}} for n, r in volumes]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def request(obj, operation="CREATE", sub=None, namespace="shop"):
+    req = {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": namespace,
+           "operation": operation, "object": obj, "oldObject": None}
+    if sub:
+        req["subResource"] = sub
+    return req
+
+
+def apply(obj, response):
+    assert response["allowed"] is True
+    if "patch" not in response:
+        return obj
+    ops = json.loads(base64.b64decode(response["patch"], validate=True))
+    return jsonpatch.apply_patch(obj, ops)
+
+
+def images(obj):
+    return [f.image for f in podpatch.image_fields(obj["spec"])]
+
+
+def test_all_image_fields_are_rewritten_and_originals_recorded(state):
+    obj = pod(containers=[("web", "nginx:1.25"), ("side", "gcr.io/x/y:1")], init=[("init", "busybox")],
+              ephemeral=[("debug", "quay.io/jetstack/ctl:v1")], volumes=[("data", "quay.io/org/data:1")])
+    out = apply(obj, admission.mutate(request(obj), state))
+    assert images(out) == ["registry.corp/hub/nginx:1.25", "mirror.corp/x/y:1", "mirror.corp/busybox",
+                           "registry.corp/quay/jetstack/ctl:v1", "mirror.corp/org/data:1"]
+    originals = json.loads(out["metadata"]["annotations"][podpatch.ANNOTATION])
+    assert originals == {"containers/web": "nginx:1.25", "containers/side": "gcr.io/x/y:1",
+                         "initContainers/init": "busybox", "ephemeralContainers/debug": "quay.io/jetstack/ctl:v1",
+                         "volumes/data": "quay.io/org/data:1"}
+
+
+def test_patch_is_one_replace_per_changed_image(state):
+    obj = pod(containers=[("a", "nginx"), ("b", "registry.corp/already:1"), ("c", "nginx")])
+    ops = json.loads(base64.b64decode(admission.mutate(request(obj), state)["patch"]))
+    replaces = [op for op in ops if op["op"] == "replace"]
+    assert [op["path"] for op in replaces] == ["/spec/containers/0/image", "/spec/containers/2/image"]
+
+
+def test_nothing_to_change_means_no_patch(state):
+    obj = pod(containers=[("a", "registry.corp/hub/nginx:1")])
+    assert admission.mutate(request(obj), state) == {"allowed": True}
+
+
+def test_update_and_reinvocation_are_idempotent(state):
+    obj = pod(containers=[("web", "nginx:1.25")])
+    once = apply(obj, admission.mutate(request(obj), state))
+    assert admission.mutate(request(once, "UPDATE"), state) == {"allowed": True}
+    # kubectl set image to another public image: relocated, first original kept
+    once["spec"]["containers"][0]["image"] = "nginx:1.27"
+    twice = apply(once, admission.mutate(request(once, "UPDATE"), state))
+    assert images(twice) == ["registry.corp/hub/nginx:1.27"]
+    assert json.loads(twice["metadata"]["annotations"][podpatch.ANNOTATION]) == {"containers/web": "nginx:1.25"}
+
+
+def test_existing_annotations_are_kept(state):
+    obj = pod(containers=[("web", "nginx")], annotations={"team": "a", podpatch.ANNOTATION: "not json"})
+    out = apply(obj, admission.mutate(request(obj), state))
+    assert out["metadata"]["annotations"]["team"] == "a"
+    assert json.loads(out["metadata"]["annotations"][podpatch.ANNOTATION]) == {"containers/web": "nginx"}
+
+
+def test_ephemeral_subresource_patches_only_ephemeral_containers(state):
+    obj = pod(containers=[("web", "nginx")], ephemeral=[("dbg", "busybox")])
+    ops = json.loads(base64.b64decode(admission.mutate(request(obj, "UPDATE", "ephemeralcontainers"), state)["patch"]))
+    assert ops == [{"op": "replace", "path": "/spec/ephemeralContainers/0/image", "value": "mirror.corp/busybox"}]
+
+
+def test_invalid_image_warns_and_stays(state):
+    obj = pod(containers=[("bad", "Not A Ref"), ("ok", "nginx"), ("num", 5)])
+    response = admission.mutate(request(obj), state)
+    out = apply(obj, response)
+    assert images(out) == ["Not A Ref", "registry.corp/hub/nginx", 5]
+    assert any("containers/bad" in w and "not a valid reference" in w for w in response["warnings"])
+    assert any("containers/num" in w for w in response["warnings"])
+
+
+@pytest.mark.parametrize("spec", [None, {}, {"containers": None}, {"containers": [None, 1, {"name": "x"}]},
+                                  {"volumes": [{"name": "v", "image": None}]}, "junk"])
+def test_odd_shapes_never_raise(state, spec):
+    obj = {"metadata": {"name": "p"}, "spec": spec}
+    assert admission.mutate(request(obj), state)["allowed"] is True
+
+
+def test_missing_snapshot_follows_failure_policy(tmp_path):
+    obj = pod(containers=[("web", "nginx")])
+    fail = admission.mutate(request(obj), Settings(state_dir=str(tmp_path), failure_policy="Fail"))
+    assert fail["allowed"] is False and "snapshot" in fail["message"] and "retry" in fail["message"]
+    ignore = admission.mutate(request(obj), Settings(state_dir=str(tmp_path), failure_policy="Ignore"))
+    assert ignore["allowed"] is True and "patch" not in ignore and ignore["warnings"]
+
+
+def test_other_operations_pass(state):
+    assert admission.mutate(request(None, "DELETE"), state) == {"allowed": True}
+
+
+# ----------------------------------------------------------------------------- validate
+
+def imagemap_request(items, name="new", operation="CREATE", old=None, namespace="shop"):
+    obj = {"apiVersion": "imagemapper.io/v1alpha1", "kind": "ImageMap",
+           "metadata": {"name": name, "namespace": namespace}, "spec": {"map": items}}
+    return {"kind": {"group": "imagemapper.io", "version": "v1alpha1", "kind": "ImageMap"},
+            "namespace": namespace, "operation": operation, "object": obj, "oldObject": old}
+
+
+def test_validate_denies_invalid_entry_naming_it(state):
+    response = admission.validate(imagemap_request([{"from": "ok", "to": "x.corp/ok"}, {"from": "Bad Ref"}]), state)
+    assert response["allowed"] is False
+    assert "spec.map[1]" in response["message"] and 'ImageMap "shop/new"' in response["message"]
+
+
+def test_validate_denies_conflict_with_accepted_map(state):
+    response = admission.validate(imagemap_request([{"from": "nginx", "to": "other.corp/nginx"}]), state)
+    assert response["allowed"] is False and 'ImageMap "team"' in response["message"]
+
+
+def test_validate_denies_chain_with_accepted_map(state):
+    response = admission.validate(imagemap_request([{"from": "registry.corp/hub/nginx", "to": "x.corp/n"}]), state)
+    assert response["allowed"] is False and "chain" in response["message"]
+
+
+def test_validate_allows_update_of_itself_and_other_namespaces(state):
+    update = imagemap_request([{"from": "nginx", "to": "registry.corp/hub/nginx2"}], name="team", operation="UPDATE")
+    assert admission.validate(update, state)["allowed"] is True
+    other_ns = imagemap_request([{"from": "nginx", "to": "other.corp/nginx"}], namespace="elsewhere")
+    assert admission.validate(other_ns, state)["allowed"] is True
+
+
+def test_validate_metadata_only_update_is_never_blocked(state):
+    items = [{"from": "nginx", "to": "other.corp/nginx"}]
+    old = {"spec": {"map": items}}
+    assert admission.validate(imagemap_request(items, operation="UPDATE", old=old), state)["allowed"] is True
+
+
+def test_validate_without_snapshot_checks_syntax_and_allows(tmp_path):
+    settings = Settings(state_dir=str(tmp_path))
+    assert admission.validate(imagemap_request([{"from": "Bad Ref"}]), settings)["allowed"] is False
+    ok = admission.validate(imagemap_request([{"from": "nginx", "to": "x.corp/nginx"}]), settings)
+    assert ok["allowed"] is True and ok["warnings"]
+
+
+def mapfile_request(data):
+    obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "maps", "namespace": "shop"}, "data": data}
+    return {"kind": {"group": "", "version": "v1", "kind": "ConfigMap"}, "namespace": "shop",
+            "operation": "CREATE", "object": obj}
+
+
+def test_validate_map_file_names_the_line(state):
+    response = admission.validate(mapfile_request({"maps": "default::x.corp\nbad line here\n"}), state)
+    assert response["allowed"] is False
+    assert "configmap shop/maps key maps line 2" in response["message"]
+
+
+def test_validate_map_file_deprecated_separator_is_a_warning(state):
+    response = admission.validate(mapfile_request({"maps": "default:x.corp\n"}), state)
+    assert response["allowed"] is True and any("line 1" in w for w in response["warnings"])

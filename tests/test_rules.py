@@ -1,0 +1,172 @@
+"""Layer precedence, scope, the idempotence guard, and properties over generated rules."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imagemapper import compiler, rules
+from imagemapper.compiler import MapFileInput
+from imagemapper.imagemap import MapInput
+from imagemapper.reference import is_valid
+
+
+def docs(ns_maps=(), ns_files=(), cluster_files=(), namespace="shop"):
+    """Compile like the sync hook does, without touching the disk."""
+    ns_doc = compiler.compile_namespace(
+        namespace, list(ns_maps),
+        [MapFileInput(namespace, f"ns-{i}", "", {"maps": t}) for i, t in enumerate(ns_files)])[0]
+    cluster_doc = compiler.compile_cluster(
+        [MapFileInput("image-mapper-system", f"c-{i}", "", {"maps": t}) for i, t in enumerate(cluster_files)])[0]
+    return ns_doc, cluster_doc
+
+
+def f(image, ns_doc, cluster_doc):
+    decision = rules.decide(image, ns_doc, cluster_doc)
+    return decision.new if decision.changed else image
+
+
+def test_namespace_rules_decide_before_cluster_rules():
+    ns_doc, cluster_doc = docs(
+        [MapInput("shop", "m", "", 1, [{"from": "nginx", "to": "team.corp/nginx"}, {"from": "redis"}])],
+        ["docker.io/bitnami::ns.corp/bitnami\ndefault::"],
+        ["default::cluster.corp\ndocker.io::cluster.corp/hub"])
+    assert f("nginx:1", ns_doc, cluster_doc) == "team.corp/nginx:1"        # ImageMap
+    assert f("redis:7", ns_doc, cluster_doc) == "redis:7"                  # exclusion is a match
+    assert f("bitnami/kafka:3", ns_doc, cluster_doc) == "ns.corp/bitnami/kafka:3"  # namespace map file
+    # the namespace file has default:: (keep), which is a match too: the cluster file never sees it
+    assert f("busybox", ns_doc, cluster_doc) == "busybox"
+
+
+def test_cluster_rules_apply_when_namespace_has_none():
+    ns_doc, cluster_doc = docs([], [], ["default::cluster.corp\ndocker.io::cluster.corp/hub"])
+    assert ns_doc is None
+    assert f("busybox", ns_doc, cluster_doc) == "cluster.corp/hub/busybox"
+    assert f("gcr.io/a/b:1", ns_doc, cluster_doc) == "cluster.corp/a/b:1"
+
+
+def test_guard_keeps_rewritten_images_and_images_already_at_a_target():
+    ns_doc, cluster_doc = docs([MapInput("shop", "m", "", 1, [{"from": "docker.io/*", "to": "hub.corp/mirror/*"}])],
+                               [], ["default::registry.example.com/mirror"])
+    once = f("nginx:1", ns_doc, cluster_doc)
+    assert once == "hub.corp/mirror/library/nginx:1"
+    assert f(once, ns_doc, cluster_doc) == once
+    gcr = f("gcr.io/x/y", ns_doc, cluster_doc)
+    assert gcr == "registry.example.com/mirror/x/y"
+    assert f(gcr, ns_doc, cluster_doc) == gcr   # imageswap would give .../mirror/mirror/x/y
+    decision = rules.decide(gcr, ns_doc, cluster_doc)
+    assert "already under target" in decision.rule
+
+
+def test_invalid_images_are_reported_not_rewritten():
+    ns_doc, cluster_doc = docs([], [], ["default::cluster.corp"])
+    for image in ["", " ", "upper/Case", "a//b", "nginx:", "x" * 300]:
+        decision = rules.decide(image, ns_doc, cluster_doc)
+        assert decision.error and not decision.changed
+
+
+def test_namespace_isolation_concrete():
+    mine = docs([MapInput("shop", "m", "", 1, [{"from": "nginx", "to": "a.corp/nginx"}])], namespace="shop")
+    theirs = docs([MapInput("other", "m", "", 1, [{"from": "nginx", "to": "b.corp/nginx"}])], namespace="other")
+    assert f("nginx", *mine) == "a.corp/nginx"
+    assert f("nginx", *theirs) == "b.corp/nginx"
+
+
+# ----------------------------------------------------------------------------- properties
+
+REGISTRIES = ["docker.io", "quay.io", "gcr.io", "localhost:5000", "mirror.corp", "[::1]:5000", "registry.corp:8443"]
+PATHS = ["library/nginx", "library/redis", "org/app", "org/app/sub", "team/tool", "mirror/org/app"]
+TAGS = ["", ":1", ":v1.2", ":latest", "@sha256:" + "b" * 64, ":2@sha256:" + "c" * 64]
+
+images = st.builds(lambda r, p, t: f"{r}/{p}{t}", st.sampled_from(REGISTRIES), st.sampled_from(PATHS),
+                   st.sampled_from(TAGS)) | st.sampled_from(["nginx", "nginx:1.25", "org/app:2", "redis"])
+repos = st.builds(lambda r, p: f"{r}/{p}", st.sampled_from(REGISTRIES), st.sampled_from(PATHS))
+prefixes = st.builds(lambda r, p: f"{r}/{p}" if p else r, st.sampled_from(REGISTRIES),
+                     st.sampled_from(["", "library", "org", "org/app", "mirror"]))
+
+
+@st.composite
+def entries(draw):
+    kind = draw(st.sampled_from(["exact", "repo", "prefix", "exclude"]))
+    if kind == "exact":
+        return {"from": draw(repos) + draw(st.sampled_from(TAGS[1:])), "to": draw(repos) + ":t"}
+    if kind == "repo":
+        return {"from": draw(repos), "to": draw(repos)}
+    if kind == "prefix":
+        return {"from": draw(prefixes) + "/*", "to": draw(prefixes) + "/*"}
+    return {"from": draw(repos)}
+
+
+@st.composite
+def map_lines(draw):
+    key = draw(st.sampled_from(["default", "docker.io", "quay.io", "gcr.io", "localhost", "mirror.corp",
+                                "docker.io/library", "quay.io/org", "registry.corp", "noswap_wildcards",
+                                "[EXACT]nginx:1.25", "[REPLACE]*app*"]))
+    value = draw(st.sampled_from(["", "mirror.corp", "mirror.corp/hub", "mirror.corp/x-", "team",
+                                  "registry.corp:8443/m", "quay.io/mirror", "org,corp", "gcr.io/x/y:1"]))
+    return f"{key}::{value}"
+
+
+rule_sets = st.tuples(
+    st.lists(st.lists(entries(), min_size=1, max_size=4), max_size=3),
+    st.lists(st.lists(map_lines(), max_size=5).map("\n".join), max_size=2),
+    st.lists(st.lists(map_lines(), max_size=6).map("\n".join), max_size=2),
+)
+
+
+def compiled(rule_set, namespace="shop"):
+    maps, ns_files, cluster_files = rule_set
+    return docs([MapInput(namespace, f"m{i}", f"2024-01-0{i + 1}", 1, items) for i, items in enumerate(maps)],
+                 ns_files, cluster_files, namespace)
+
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(rule_sets, images)
+def test_idempotence(rule_set, image):
+    ns_doc, cluster_doc = compiled(rule_set)
+    once = f(image, ns_doc, cluster_doc)
+    assert f(once, ns_doc, cluster_doc) == once
+
+
+@FAST
+@given(rule_sets, images)
+def test_outputs_are_valid_references(rule_set, image):
+    out = f(image, *compiled(rule_set))
+    assert is_valid(out), out
+
+
+@FAST
+@given(rule_sets, st.lists(st.lists(entries(), min_size=1, max_size=4), max_size=3), images)
+def test_namespace_isolation(rule_set, other_maps, image):
+    """ImageMaps of another namespace never change a decision here."""
+    ns_doc, cluster_doc = compiled(rule_set, "shop")
+    before = f(image, ns_doc, cluster_doc)
+    # compile another namespace and make sure nothing of it reaches "shop"
+    other = compiler.compile_namespace("other", [MapInput("other", f"o{i}", "", 1, items)
+                                                 for i, items in enumerate(other_maps)], [])[0]
+    assert f(image, ns_doc, cluster_doc) == before
+    if other:
+        assert other is not ns_doc
+
+
+@FAST
+@given(rule_sets, st.text(max_size=80))
+def test_decide_never_raises(rule_set, text):
+    decision = rules.decide(text, *compiled(rule_set))
+    assert isinstance(decision, rules.Decision)
+
+
+@FAST
+@given(repos, st.sampled_from(TAGS[1:]), prefixes)
+def test_most_specific_wins_property(repo, tag, prefix):
+    """Exact beats repository beats any matching prefix, whatever the declaration order."""
+    image = repo + tag
+    items = [{"from": prefix + "/*", "to": "p.corp/*"}, {"from": repo, "to": "r.corp/repo"},
+             {"from": image, "to": "e.corp/exact:1"}]
+    for ordering in (items, items[::-1]):
+        ns_doc, cluster_doc = docs([MapInput("shop", "m", "", 1, ordering)])
+        assert f(image, ns_doc, cluster_doc) == "e.corp/exact:1"
+        assert f(repo + ":other", ns_doc, cluster_doc) == "r.corp/repo:other"

@@ -1,0 +1,120 @@
+"""Compiled snapshot: layout, incremental rebuilds, atomic writes, defensive reads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from imagemapper import compiler, rules, snapshot
+from imagemapper.compiler import MapFileInput
+from imagemapper.imagemap import MapInput
+
+OPNS = "image-mapper-system"
+
+
+def sample(n_namespaces=3):
+    maps = [MapInput(f"ns{i}", "m", "2024-01-01T00:00:00Z", 1, [{"from": "nginx", "to": f"r{i}.corp/nginx"}])
+            for i in range(n_namespaces)]
+    cms = [MapFileInput(OPNS, "cluster", "u", {"maps": "default::cluster.corp\n"}),
+           MapFileInput("ns0", "local", "u2", {"maps": "default::\nquay.io::ns0.corp/quay\n"})]
+    return maps, cms
+
+
+def test_build_writes_one_file_per_namespace_and_reads_back(tmp_path):
+    maps, cms = sample()
+    result = compiler.build(str(tmp_path), maps, cms, OPNS)
+    assert sorted(os.listdir(tmp_path / "ns")) == ["ns0.json", "ns1.json", "ns2.json"]
+    assert snapshot.is_ready(str(tmp_path))
+    assert result.rules == {"namespace": 3 + 2, "cluster": 1}
+    ns_doc, cluster_doc = snapshot.load_for_namespace(str(tmp_path), "ns1")
+    assert rules.decide("nginx:1", ns_doc, cluster_doc).new == "r1.corp/nginx:1"
+    ns_doc, cluster_doc = snapshot.load_for_namespace(str(tmp_path), "empty-ns")
+    assert ns_doc is None
+    assert rules.decide("nginx:1", ns_doc, cluster_doc).new == "cluster.corp/nginx:1"
+
+
+def test_unchanged_namespaces_are_not_recompiled(tmp_path):
+    maps, cms = sample(5)
+    first = compiler.build(str(tmp_path), maps, cms, OPNS)
+    assert len(first.recompiled) == 5
+    mtimes = {p: os.stat(tmp_path / "ns" / p).st_mtime_ns for p in os.listdir(tmp_path / "ns")}
+    maps[2] = MapInput("ns2", "m", "2024-01-01T00:00:00Z", 2, [{"from": "redis", "to": "x.corp/redis"}])
+    second = compiler.build(str(tmp_path), maps, cms, OPNS)
+    assert second.recompiled == ["ns2"]
+    for name, mtime in mtimes.items():
+        if name != "ns2.json":
+            assert os.stat(tmp_path / "ns" / name).st_mtime_ns == mtime
+    assert second.verdicts[("ns0", "m")][0] == "Accepted"  # verdicts of untouched namespaces kept
+
+
+def test_deleted_rules_remove_the_namespace_file(tmp_path):
+    maps, cms = sample()
+    compiler.build(str(tmp_path), maps, cms, OPNS)
+    compiler.build(str(tmp_path), maps[:1], cms[:1], OPNS)
+    assert sorted(os.listdir(tmp_path / "ns")) == ["ns0.json"]
+
+
+def test_missing_snapshot_is_an_error_the_caller_sees(tmp_path):
+    with pytest.raises(snapshot.SnapshotError, match="cannot read"):
+        snapshot.load_for_namespace(str(tmp_path), "shop")
+
+
+@pytest.mark.parametrize("content", ["", "{", '{"v": 99}', "[]", "\xff\xfe garbage"])
+def test_corrupt_snapshot_is_an_error_not_a_crash(tmp_path, content):
+    maps, cms = sample()
+    compiler.build(str(tmp_path), maps, cms, OPNS)
+    (tmp_path / "cluster.json").write_text(content, encoding="latin-1")
+    with pytest.raises(snapshot.SnapshotError):
+        snapshot.load_for_namespace(str(tmp_path), "ns1")
+
+
+def test_corrupt_namespace_file_is_an_error(tmp_path):
+    maps, cms = sample()
+    compiler.build(str(tmp_path), maps, cms, OPNS)
+    (tmp_path / "ns" / "ns1.json").write_text("{not json")
+    with pytest.raises(snapshot.SnapshotError, match="corrupt"):
+        snapshot.load_for_namespace(str(tmp_path), "ns1")
+
+
+def test_next_build_repairs_a_deleted_or_corrupt_snapshot(tmp_path):
+    maps, cms = sample()
+    compiler.build(str(tmp_path), maps, cms, OPNS)
+    os.unlink(tmp_path / "cluster.json")
+    os.unlink(tmp_path / "ns" / "ns1.json")
+    compiler.build(str(tmp_path), maps, cms, OPNS)
+    ns_doc, cluster_doc = snapshot.load_for_namespace(str(tmp_path), "ns1")
+    assert ns_doc is not None and cluster_doc["mapfiles"]
+
+
+def test_invalid_namespace_names_never_touch_other_paths(tmp_path):
+    for bad in ["../etc", "a/b", "", "UPPER", "x" * 64]:
+        with pytest.raises(snapshot.SnapshotError):
+            snapshot.load_namespace(str(tmp_path), bad)
+
+
+def test_atomic_write_never_exposes_a_partial_file(tmp_path):
+    """A reader process polling the file while we rewrite it must only ever see whole documents."""
+    path = tmp_path / "doc.json"
+    snapshot.write_doc(str(path), {"payload": "x" * 200_000, "n": 0})
+    reader = subprocess.Popen([sys.executable, "-c", f"""
+import sys; sys.path.insert(0, {os.path.join(os.path.dirname(__file__), '..', 'lib')!r})
+from imagemapper import fastjson
+bad = 0
+for _ in range(3000):
+    try:
+        doc = fastjson.load_file({str(path)!r})
+        bad += len(doc["payload"]) != 200_000
+    except ValueError:
+        bad += 1
+print(bad)
+"""], stdout=subprocess.PIPE, text=True)
+    n = 0
+    while reader.poll() is None and n < 3000:
+        n += 1
+        snapshot.write_doc(str(path), {"payload": "y" * 200_000, "n": n})
+    out, _ = reader.communicate(timeout=60)
+    assert out.strip() == "0"
+    assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]
