@@ -7,7 +7,6 @@ import json
 
 import jsonpatch
 import pytest
-
 from imagemapper import admission, compiler, podpatch
 from imagemapper.compiler import MapFileInput
 from imagemapper.imagemap import MapInput

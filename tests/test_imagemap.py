@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
 from imagemapper import imagemap
-from imagemapper.imagemap import MapInput, check_candidate, parse_entry, resolve_namespace
+from imagemapper.imagemap import (
+    MapInput,
+    check_candidate,
+    parse_entry,
+    resolve_namespace,
+)
 from imagemapper.reference import parse
 
 

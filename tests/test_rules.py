@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from imagemapper import compiler, rules
 from imagemapper.compiler import MapFileInput
 from imagemapper.imagemap import MapInput

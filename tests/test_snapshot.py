@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from imagemapper import compiler, rules, snapshot
 from imagemapper.compiler import MapFileInput
 from imagemapper.imagemap import MapInput

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from imagemapper import hookconfig, snapshot, sync
 from imagemapper.settings import Settings
 

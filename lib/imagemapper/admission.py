@@ -16,7 +16,7 @@ EPHEMERAL = "ephemeralcontainers"
 class Rewrite:
     """One changed image, for the log line and the metrics."""
 
-    __slots__ = ("field", "decision")
+    __slots__ = ("decision", "field")
 
     def __init__(self, field: podpatch.ImageField, decision: rules.Decision):
         self.field = field
@@ -32,8 +32,8 @@ class Rewrite:
 def failure(settings: Settings, problem: str) -> dict:
     """Apply the failure policy to a problem that keeps us from deciding."""
     if settings.failure_policy == "Ignore":
-        return protocol.allow([f"image-mapper: {problem}; the Pod was admitted unchanged "
-                               "(IMAGE_MAPPER_FAILURE_POLICY=Ignore)"])
+        return protocol.allow([(f"image-mapper: {problem}; the Pod was admitted unchanged "
+                               "(IMAGE_MAPPER_FAILURE_POLICY=Ignore)")])
     return protocol.deny(f"image-mapper: {problem}. The Pod was refused because "
                          "IMAGE_MAPPER_FAILURE_POLICY=Fail; retry in a few seconds, check the "
                          "image-mapper Pods in the operator namespace, or see the break-glass "
@@ -109,8 +109,8 @@ def _validate_imagemap(request: dict, obj: dict, settings: Settings) -> dict:
         doc = snapshot.load_namespace(settings.state_dir, candidate.namespace, "accepted")
         snapshot.load_cluster(settings.state_dir)
     except snapshot.SnapshotError as exc:
-        return protocol.allow([f"image-mapper could not check {where} against other ImageMaps "
-                               f"({exc}); the sync hook will report a conflict in its status"])
+        return protocol.allow([(f"image-mapper could not check {where} against other ImageMaps "
+                               f"({exc}); the sync hook will report a conflict in its status")])
     others = [MapInput(candidate.namespace, name, spec.get("created", ""), 0, spec.get("items", []))
               for name, spec in ((doc or {}).get("maps") or {}).items() if name != candidate.name]
     issue = check_candidate(candidate, others)

@@ -23,7 +23,7 @@ MAP_FILE_LABEL = "imagemapper.io/map-file"
 class MapFileInput:
     """One labeled ConfigMap: every data key holds one map file."""
 
-    __slots__ = ("namespace", "name", "uid", "data", "label")
+    __slots__ = ("data", "label", "name", "namespace", "uid")
 
     def __init__(self, namespace: str, name: str, uid: str, data: dict, label: str = ""):
         self.namespace = namespace

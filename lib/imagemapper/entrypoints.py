@@ -90,8 +90,8 @@ def validate_main(argv: list[str]) -> int:
         return admission.validate(request, _settings())
 
     return protocol.admission_main(handle, lambda problem: protocol.allow(
-        [f"image-mapper could not validate this object ({problem}); "
-         "the sync hook will report problems in status and Events"]))
+        [(f"image-mapper could not validate this object ({problem}); "
+         "the sync hook will report problems in status and Events")]))
 
 
 def sync_main(argv: list[str]) -> int:

@@ -21,7 +21,13 @@ without conversion:
 
 from __future__ import annotations
 
-from imagemapper.reference import InvalidReference, parse, split_domain, valid_domain, valid_path
+from imagemapper.reference import (
+    InvalidReference,
+    parse,
+    split_domain,
+    valid_domain,
+    valid_path,
+)
 
 EXACT, REPO, PREFIX = "exact", "repo", "prefix"
 
@@ -29,7 +35,7 @@ EXACT, REPO, PREFIX = "exact", "repo", "prefix"
 class Entry:
     """One validated ``spec.map`` entry."""
 
-    __slots__ = ("index", "kind", "key", "to", "to_range", "raw_from", "raw_to")
+    __slots__ = ("index", "key", "kind", "raw_from", "raw_to", "to", "to_range")
 
     def __init__(self, index: int, kind: str, key: str, to: str | None,
                  to_range: tuple[str, str] | None, raw_from: str, raw_to: str | None):
@@ -201,7 +207,7 @@ class RangeIndex:
 class MapInput:
     """One ImageMap as the resolver needs it."""
 
-    __slots__ = ("namespace", "name", "created", "generation", "items")
+    __slots__ = ("created", "generation", "items", "name", "namespace")
 
     def __init__(self, namespace: str, name: str, created: str, generation: int, items: list):
         self.namespace = namespace
@@ -228,7 +234,7 @@ class MapInput:
 class Verdict:
     """The Ready condition an ImageMap should carry."""
 
-    __slots__ = ("reason", "message", "entries")
+    __slots__ = ("entries", "message", "reason")
 
     def __init__(self, reason: str, message: str, entries: list[Entry]):
         self.reason = reason      # "Accepted" | "Invalid" | "Conflict"

@@ -18,7 +18,7 @@ _CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 class ImageField:
     """One place in a Pod spec that holds an image reference."""
 
-    __slots__ = ("key", "pointer", "image")
+    __slots__ = ("image", "key", "pointer")
 
     def __init__(self, key: str, pointer: str, image: object):
         self.key = key          # "containers/web": the annotation key and log label

@@ -27,7 +27,7 @@ def read_contexts(env=os.environ) -> list:
     """The binding-context array of this run."""
     contexts = fastjson.load_file(env["BINDING_CONTEXT_PATH"])
     if not isinstance(contexts, list):
-        raise ValueError("binding context is not a JSON array")
+        raise TypeError("binding context is not a JSON array")
     return contexts
 
 

@@ -19,7 +19,7 @@ from imagemapper.reference import InvalidReference, parse
 class Decision:
     """What happened to one image, for the patch, the log line and ``--explain``."""
 
-    __slots__ = ("image", "new", "rule", "scope", "error")
+    __slots__ = ("error", "image", "new", "rule", "scope")
 
     def __init__(self, image: str, new: str | None = None, rule: str = "",
                  scope: str = "", error: str = ""):

@@ -22,8 +22,15 @@ class SettingsError(ValueError):
 class Settings:
     """Validated configuration, with the defaults of SPEC §8."""
 
-    __slots__ = ("namespace_mode", "failure_policy", "timeout_seconds", "operator_namespace",
-                 "map_namespace", "state_dir", "configuration_name")
+    __slots__ = (
+        "configuration_name",
+        "failure_policy",
+        "map_namespace",
+        "namespace_mode",
+        "operator_namespace",
+        "state_dir",
+        "timeout_seconds",
+    )
 
     def __init__(self, namespace_mode: str = "opt-out", failure_policy: str = "Fail",
                  timeout_seconds: int = 10, operator_namespace: str = "",
