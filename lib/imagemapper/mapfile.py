@@ -1,0 +1,456 @@
+"""imageswap-compatible map files: text -> entries + diagnostics -> compiled layer -> lookup.
+
+The grammar and the MAPS-mode swap rules are those of imageswap-webhook v1.5.3, so an
+imageswap user can move a map file over unchanged. Every upstream MAPS-mode test case
+gives the same result here (``tests/data/imageswap/cases.json``).
+
+:func:`lookup` runs in the admission hook, a fresh ``python3 -S`` process per Pod, so this
+module imports nothing but :mod:`imagemapper.reference` at module level, and the lookup
+imports :mod:`fnmatch` (and with it ``re``) only for a layer that has ``[REPLACE]`` rules.
+A compiled layer and its targets are plain JSON-able dicts: they go into the snapshot file.
+
+Deliberate divergences from imageswap, each also listed in ``docs/mapfiles.md``:
+
+* a comment starts at the *first* ``#`` of a line (imageswap cut at the last one, so
+  ``a::b # c # d`` gave the value ``b#c``);
+* all whitespace is removed, tabs included (imageswap kept tabs, so an indented
+  ``\\tdefault::x`` was a key nobody could match);
+* registry detection is the reference grammar's: ``localhost:5000/x`` has the registry
+  ``localhost:5000`` and ``index.docker.io`` is ``docker.io``;
+* keys may be a registry followed by a path (``registry.gitlab.com/myorg/clients``) and
+  the longest matching key wins (imageswap issues #105 and #117); ``<registry>/library``
+  is the special case imageswap had, and it no longer crashes without a ``<registry>`` key;
+* ``[EXACT]`` keys are references compared after normalization (``[EXACT]hello-world``
+  also matches ``docker.io/library/hello-world``); imageswap compared raw strings;
+* ``[REPLACE]`` globs are tried against the raw image and its normalized form; an empty
+  ``[REPLACE]`` value leaves the image alone (imageswap produced the bare last component);
+* only the registry (or key path) part is replaced, never by regex or substring
+  substitution inside paths or tags; ``nginx`` and ``docker.io/library/nginx`` map alike
+  (``library/`` of an official image is dropped for a bare-registry key and ``default``);
+* a ``default::x-`` dash value no longer repeats the registry (``x-gcr.io/foo/bar:1``, not
+  ``x-gcr.io/gcr.io/foo/bar:1``), and the registry host is lower-cased when it is pasted
+  after a dash so the result stays a valid reference;
+* an empty pattern in ``noswap_wildcards`` (trailing comma) is ignored;
+* a value that is not a registry, ``registry/path`` or Docker Hub namespace is an error
+  line, and a rule whose result would not be a valid reference leaves the image alone.
+"""
+
+from __future__ import annotations
+
+from imagemapper.reference import (
+    InvalidReference,
+    Reference,
+    split_domain,
+    valid_domain,
+    valid_path,
+)
+from imagemapper.reference import parse as parse_reference
+
+DEFAULT = "default"
+NOSWAP = "noswap_wildcards"
+EXACT = "[EXACT]"
+REPLACE = "[REPLACE]"
+HUB = "docker.io"
+LEGACY_HUB = "index.docker.io"
+OFFICIAL = "library/"
+
+KEY_ERROR = "key must be default, noswap_wildcards, [EXACT]..., [REPLACE]... or start with a registry"
+PORT_ERROR = "port in key or value requires '::'"
+SYNTAX_ERROR = "expected key::value"
+DEPRECATED = "deprecated separator ':'; write key::value"
+NO_DEFAULT = (
+    "registry keys are inactive without a default key; "
+    "add `default::` to keep images unchanged by default"
+)
+NO_DEFAULT_NOSWAP = (
+    "noswap_wildcards is inactive without a default key; "
+    "add `default::` to keep images unchanged by default"
+)
+INVALID_RESULT = "; result {!r} is not a valid reference, image left unchanged"
+NOT_A_REPO = "; value is not a repository for an image named exactly like the key, image left unchanged"
+
+
+class Diagnostic:
+    """One problem found in a map file, located by source and 1-based line."""
+
+    __slots__ = ("line", "message", "severity", "source")
+
+    def __init__(self, source: str, line: int, severity: str, message: str):
+        self.source = source
+        self.line = line
+        self.severity = severity  # "error" (line skipped) or "warning"
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.source} line {self.line}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"Diagnostic({self.source!r}, {self.line}, {self.severity!r}, {self.message!r})"
+
+    def __eq__(self, other):
+        if not isinstance(other, Diagnostic):
+            return NotImplemented
+        return (self.source, self.line, self.severity, self.message) == (
+            other.source, other.line, other.severity, other.message)
+
+
+class Entry:
+    """One accepted ``key::value`` line.
+
+    ``kind`` is ``default``, ``noswap``, ``exact``, ``replace`` or ``registry``; ``key`` is
+    the form two lines are compared by (normalized reference, glob, normalized
+    ``domain[/path]``, or the keyword), so "last duplicate wins" sees ``index.docker.io``
+    and ``docker.io`` as one key.
+    """
+
+    __slots__ = ("key", "kind", "line", "source", "text", "value")
+
+    def __init__(self, source: str, line: int, kind: str, key: str, value: str, text: str):
+        self.source = source
+        self.line = line
+        self.kind = kind
+        self.key = key
+        self.value = value
+        self.text = text  # the line as read, whitespace removed, separator "::"
+
+    @property
+    def rule(self) -> str:
+        """What the admission log and the CLI show for a decision made by this line."""
+        return f"{self.source} line {self.line}: {self.text}"
+
+    def __repr__(self) -> str:
+        return f"Entry({self.kind!r}, {self.key!r}, {self.value!r}, {self.source!r} line {self.line})"
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def parse(text: str, source: str) -> tuple[list[Entry], list[Diagnostic]]:
+    """Read one map file; bad lines become error diagnostics and are skipped, never raised."""
+    entries: list[Entry] = []
+    diags: list[Diagnostic] = []
+    text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the first key
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = "".join(raw.partition("#")[0].split())
+        if not line:
+            continue
+        parts = line.split("::")
+        deprecated = False
+        if len(parts) != 2:
+            if line.count(":") != 1:
+                many = line.count(":") > 1 and "::" not in line
+                diags.append(Diagnostic(source, number, "error", PORT_ERROR if many else SYNTAX_ERROR))
+                continue
+            parts = line.split(":")
+            deprecated = True
+        key, value = parts
+        kind, norm, why = _classify(key, value)
+        if why is not None:
+            diags.append(Diagnostic(source, number, "error", why))
+            continue
+        if deprecated:
+            diags.append(Diagnostic(source, number, "warning", DEPRECATED))
+        entries.append(Entry(source, number, kind, norm, value, key + "::" + value))
+    return entries, diags
+
+
+def _classify(key: str, value: str) -> tuple[str, str, str | None]:
+    """Return (kind, normalized key, error message or None) for one line."""
+    if key == DEFAULT:
+        return DEFAULT, key, _prefix_value_error(value)
+    if key == NOSWAP:
+        return "noswap", key, None
+    if key.startswith(EXACT):
+        return _classify_exact(key[len(EXACT):], value)
+    if key.startswith(REPLACE):
+        glob = key[len(REPLACE):]
+        if not glob:
+            return "replace", glob, "[REPLACE] needs a glob pattern after the keyword"
+        return "replace", glob, _replace_value_error(value)
+    norm = _registry_key(key)
+    if norm is None:
+        return "registry", key, KEY_ERROR
+    return "registry", norm, _prefix_value_error(value)
+
+
+def _classify_exact(ref: str, value: str) -> tuple[str, str, str | None]:
+    try:
+        norm = str(parse_reference(ref))
+    except InvalidReference as exc:
+        return "exact", ref, "[EXACT] key: " + str(exc)
+    if value and not _parses(value):
+        return "exact", norm, "[EXACT] value must be empty or a full image reference"
+    return "exact", norm, None
+
+
+def _registry_key(key: str) -> str | None:
+    """Normalize ``domain[/path]`` (``index.docker.io`` -> ``docker.io``), or None if not one."""
+    first, _, path = key.rstrip("/").partition("/")
+    if not _registry_like(first) or not valid_domain(first):
+        return None
+    if path and not valid_path(path):
+        return None
+    if first == LEGACY_HUB:
+        first = HUB
+    return first + "/" + path if path else first
+
+
+def _registry_like(first: str) -> bool:
+    """The reference grammar's test for "this first component is a registry"."""
+    return "." in first or ":" in first or first == "localhost" or first.lower() != first
+
+
+def _prefix_value_error(value: str) -> str | None:
+    """Values of registry keys and default: empty, a dash value, or a prefix for images."""
+    if not value:
+        return None
+    if value.endswith("-"):
+        if _parses(value + "docker.io/x"):
+            return None
+        return "a value ending in '-' must give a valid image name when a registry is appended"
+    if _parses(value + "/x"):
+        return None
+    return "value must be empty, a registry, registry/path or Docker Hub namespace"
+
+
+def _replace_value_error(value: str) -> str | None:
+    base = value.rstrip("/")
+    if not value or (base and _parses(base + "/x")):
+        return None
+    return "[REPLACE] value must be empty, a registry, registry/path or Docker Hub namespace"
+
+
+def _parses(s: str) -> bool:
+    try:
+        parse_reference(s)
+    except InvalidReference:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------- compiling
+
+
+def compile_layer(files: list[tuple[str, str]]) -> tuple[dict | None, dict, list[Diagnostic]]:
+    """Read ``[(source, text)]`` as one file and build the lookup layer and its targets.
+
+    The caller passes the files in (ConfigMap name, key) order, so imageswap's "last
+    duplicate key wins" extends across ConfigMaps; line numbers stay per source.
+    """
+    diags: list[Diagnostic] = []
+    chosen: dict[tuple[str, str], Entry] = {}  # insertion order = first position
+    for source, text in files:
+        entries, found = parse(text, source)
+        diags.extend(found)
+        for entry in entries:
+            slot = (entry.kind, entry.key)
+            old = chosen.get(slot)
+            if old is not None:
+                diags.append(Diagnostic(entry.source, entry.line, "warning",
+                                        f"key repeats {old.source} line {old.line}; this line wins"))
+            chosen[slot] = entry
+    if not chosen:
+        return None, _targets({}), diags
+    layer = _layer(list(chosen.values()))
+    _warn_inactive(layer, list(chosen.values()), diags)
+    return layer, _targets(layer), diags
+
+
+def _layer(entries: list[Entry]) -> dict:
+    layer: dict = {}
+    for e in entries:
+        if e.kind == DEFAULT:
+            layer[DEFAULT] = [e.value, e.rule]
+        elif e.kind == "noswap":
+            layer["noswap"] = [[p for p in e.value.split(",") if p], e.rule]
+        elif e.kind == "exact":
+            layer.setdefault("exact", {})[e.key] = [e.value, e.rule]
+        elif e.kind == "replace":
+            layer.setdefault("replace", []).append([e.key, e.value, e.rule])
+        else:
+            layer.setdefault("keys", {})[e.key] = [e.value, e.rule]
+    return layer
+
+
+def _warn_inactive(layer: dict, entries: list[Entry], diags: list[Diagnostic]) -> None:
+    """imageswap ignores registry keys and noswap_wildcards without default; say so."""
+    if DEFAULT in layer:
+        return
+    for kind, message in (("registry", NO_DEFAULT), ("noswap", NO_DEFAULT_NOSWAP)):
+        first = next((e for e in entries if e.kind == kind), None)
+        if first is not None:
+            diags.append(Diagnostic(first.source, first.line, "warning", message))
+            return
+
+
+def _targets(layer: dict) -> dict:
+    """Every place a rule of ``layer`` can send an image (for the idempotence guard)."""
+    out: dict[str, set[str]] = {"exact": set(), "repo": set(), "prefix": set(), "strprefix": set()}
+    for value, _ in layer.get("exact", {}).values():
+        if value:
+            out["exact"].add(str(parse_reference(value)))
+    for _, value, _ in layer.get("replace", []):
+        if value:
+            out["prefix"].add(_prefix_of(value.rstrip("/")))
+    if DEFAULT in layer:
+        _value_targets(layer[DEFAULT][0], None, out)
+        for key, (value, _) in layer.get("keys", {}).items():
+            _value_targets(value, key, out)
+    return {kind: sorted(names) for kind, names in out.items()}
+
+
+def _value_targets(value: str, key: str | None, out: dict[str, set[str]]) -> None:
+    """Targets of a registry key (``key``) or of default (``key`` None)."""
+    if not value:
+        return
+    if value.endswith("-"):
+        if "/" in value:
+            domain, rest = split_domain(value)
+            out["strprefix"].add(domain + "/" + rest)
+        else:  # value+host is a registry, unless the host makes it a Hub namespace
+            out["strprefix"].update((value, HUB + "/" + value))
+        return
+    prefix = _prefix_of(value)
+    out["prefix"].add(prefix)
+    if key is None:
+        return
+    if not _split_port(key.partition("/")[0])[1] and _bare_registry(value):
+        out["strprefix"].add(value + ":")  # port fallback keeps the image's port
+    if "/" in key and "/" in value:
+        name = parse_reference(value).name  # an image named exactly like the key
+        if name != prefix:  # docker.io/x is docker.io/library/x as a repository
+            out["repo"].add(name)
+
+
+def _prefix_of(value: str) -> str:
+    """Normalized name prefix of everything ``value + "/" + path`` can spell."""
+    domain, rest = split_domain(value + "/x")
+    rest = rest[:-2]
+    return domain + "/" + rest if rest else domain
+
+
+def _bare_registry(value: str) -> bool:
+    """A value that is a registry host alone, so a port may be added to it."""
+    return "/" not in value and ":" not in value and _registry_like(value)
+
+
+# ---------------------------------------------------------------------------- lookup
+
+
+def lookup(layer: dict, ref: Reference, raw: str) -> tuple[str | None, str] | None:
+    """Decide one image: None = no opinion, else (new image or None to leave it, rule text).
+
+    Order: [EXACT] > [REPLACE] > (nothing more without default) > longest registry/path
+    key (then the same without the image's port) > noswap_wildcards > default.
+    """
+    exact = layer.get("exact")
+    if exact:
+        hit = exact.get(str(ref))
+        if hit is not None:
+            return (hit[0] or None), hit[1]
+    replace = layer.get("replace")
+    if replace:
+        hit = _lookup_replace(replace, ref, raw)
+        if hit is not None:
+            return hit
+    default = layer.get(DEFAULT)
+    if default is None:
+        return None
+    keys = layer.get("keys")
+    if keys:
+        hit = _lookup_keys(keys, ref)
+        if hit is not None:
+            return hit
+    noswap = layer.get("noswap")
+    if noswap and noswap[0]:
+        full = str(ref)
+        for pattern in noswap[0]:
+            if pattern in raw or pattern in full:
+                return None, noswap[1]
+    value, rule = default
+    if not value:
+        return None, rule
+    host = _split_port(ref.domain)[0]
+    path = _drop_library(ref.domain, ref.path)
+    if value.endswith("-"):
+        return _checked(value + host.lower() + "/" + path + ref.suffix, rule)
+    return _checked(value + "/" + path + ref.suffix, rule)
+
+
+def _lookup_replace(replace: list, ref: Reference, raw: str) -> tuple[str | None, str] | None:
+    from fnmatch import fnmatchcase  # imports re: only layers with [REPLACE] pay for it
+
+    full = str(ref)
+    for glob, value, rule in replace:
+        if fnmatchcase(raw, glob) or fnmatchcase(full, glob):
+            if not value:
+                return None, rule
+            last = ref.path.rpartition("/")[2]
+            return _checked(value.rstrip("/") + "/" + last + ref.suffix, rule)
+    return None
+
+
+def _lookup_keys(keys: dict, ref: Reference) -> tuple[str | None, str] | None:
+    host, port = _split_port(ref.domain)
+    domain = ref.domain
+    hit = _longest(keys, domain, ref.path)
+    if hit is None and port:
+        domain = host
+        hit = _longest(keys, domain, ref.path)
+    if hit is None:
+        return None
+    key_path, (value, rule) = hit
+    if not value:
+        return None, rule
+    if value.endswith("-"):
+        path = _drop_library(ref.domain, ref.path)
+        return _checked(value + host.lower() + "/" + path + ref.suffix, rule)
+    if key_path is None:
+        rest = _drop_library(ref.domain, ref.path)
+    else:
+        rest = ref.path[len(key_path) + 1:]
+    if not rest:
+        if "/" not in value:
+            return None, rule + NOT_A_REPO
+        return _checked(value + ref.suffix, rule)
+    if domain != ref.domain and _bare_registry(value):
+        value = value + ":" + port
+    return _checked(value + "/" + rest + ref.suffix, rule)
+
+
+def _longest(keys: dict, domain: str, path: str) -> tuple[str | None, list] | None:
+    """Longest key among ``domain/path`` cut at component boundaries; (key path, entry)."""
+    cut = len(path)
+    while cut > 0:
+        hit = keys.get(domain + "/" + path[:cut])
+        if hit is not None:
+            return path[:cut], hit
+        cut = path.rfind("/", 0, cut)
+    hit = keys.get(domain)
+    if hit is not None:
+        return None, hit
+    return None
+
+
+def _split_port(domain: str) -> tuple[str, str]:
+    """``host:port`` -> (host, port); an IPv6 literal's colons are not a port."""
+    if domain.endswith("]") or ":" not in domain:
+        return domain, ""
+    host, _, port = domain.rpartition(":")
+    return host, port
+
+
+def _drop_library(domain: str, path: str) -> str:
+    """``library/nginx`` on Docker Hub is spelled ``nginx``: map both spellings alike."""
+    if domain == HUB and path.startswith(OFFICIAL) and "/" not in path[len(OFFICIAL):]:
+        return path[len(OFFICIAL):]
+    return path
+
+
+def _checked(new: str, rule: str) -> tuple[str | None, str]:
+    """Never hand out an invalid reference (too long, IPv6 host after a dash, ...)."""
+    try:
+        parse_reference(new)
+    except InvalidReference:
+        return None, rule + INVALID_RESULT.format(new)
+    return new, rule

@@ -1,0 +1,283 @@
+"""Container image references, parsed and normalized like ``docker pull`` does.
+
+The rules are those of the Docker distribution reference grammar
+(``ParseNormalizedNamed`` followed by ``Parse``) with go-digest v1.0.0 digest
+validation.  The admission hook imports this module in a fresh ``python3 -S``
+process for every Pod, so it imports nothing (not even ``re``) and does no work
+at import time beyond defining a few constant strings: the scanner is written
+with ``str`` methods.
+
+Deliberate divergence: when the first component looks like a registry (it has a
+``.``) but is not a valid host name while still being a valid path component
+(``my_reg.local/app``), the distribution library returns a reference with an
+*empty* domain.  A :class:`Reference` always has a domain, so such strings are
+rejected here; they are never rewritten.
+"""
+
+DEFAULT_DOMAIN = "docker.io"
+LEGACY_DOMAIN = "index.docker.io"
+OFFICIAL_PREFIX = "library/"
+NAME_MAX = 255  # limit on the repository path (the domain is not counted)
+TAG_MAX = 128
+
+_LOWER_DIGITS = "abcdefghijklmnopqrstuvwxyz0123456789"
+_ALNUM = _LOWER_DIGITS + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_PATH_CHARS = _LOWER_DIGITS + "._-/"
+_DOMAIN_CHARS = _ALNUM + "-."
+_TAG_CHARS = _ALNUM + "_.-"
+_DIGITS = "0123456789"
+_HEX_LOWER = "0123456789abcdef"
+_IPV6_CHARS = "0123456789abcdefABCDEF:"
+_PATH_SEPARATORS = "._-"
+# Adjacent characters that can never occur in a valid path: a separator run
+# must be exactly ".", "_", "__" or one or more "-", and "/" only joins
+# non-empty components that start and end with a letter or digit.
+_PATH_BAD_PAIRS = (
+    "..", "._", ".-", "_.", "_-", "-.", "-_", "___",
+    "/.", "/_", "/-", "./", "_/", "-/",
+)
+# go-digest v1.0.0 registers these (sha384 is available in every docker and
+# containerd binary because crypto/tls links crypto/sha512): lower-case hex of
+# exactly this length.
+_DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
+_DIGEST_ALG_SEPARATORS = "-_+."
+_ALPHA = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class InvalidReference(ValueError):
+    """A string that is not an image reference; the message says why."""
+
+
+class Reference:
+    """A normalized image reference: ``domain/path[:tag][@digest]``.
+
+    Plain data with no validation in ``__init__`` so that callers holding
+    already-valid parts (rules building a target) pay nothing.
+    """
+
+    __slots__ = ("domain", "path", "tag", "digest")  # noqa: RUF023 (field order is the interface)
+
+    def __init__(self, domain, path, tag=None, digest=None):
+        self.domain = domain
+        self.path = path
+        self.tag = tag
+        self.digest = digest
+
+    @property
+    def name(self) -> str:
+        """Repository name without tag or digest, e.g. ``docker.io/library/nginx``."""
+        return self.domain + "/" + self.path
+
+    @property
+    def suffix(self) -> str:
+        """``:tag`` and ``@digest`` as present, so rewrites can carry them over."""
+        s = ""
+        if self.tag is not None:
+            s = ":" + self.tag
+        if self.digest is not None:
+            s += "@" + self.digest
+        return s
+
+    @property
+    def familiar(self) -> str:
+        """The short form docker prints (``nginx:1.25`` for docker.io/library/nginx:1.25).
+
+        For display only: like docker's, it does not always parse back to the
+        same reference (``docker.io/a.b/c`` prints as ``a.b/c``, a registry).
+        """
+        if self.domain != DEFAULT_DOMAIN:
+            return str(self)
+        path = self.path
+        if path.startswith(OFFICIAL_PREFIX) and "/" not in path[len(OFFICIAL_PREFIX):]:
+            path = path[len(OFFICIAL_PREFIX):]
+        return path + self.suffix
+
+    def __str__(self) -> str:
+        return self.domain + "/" + self.path + self.suffix
+
+    def __repr__(self) -> str:
+        return f"Reference({self.domain!r}, {self.path!r}, {self.tag!r}, {self.digest!r})"
+
+    def _key(self):
+        return (self.domain, self.path, self.tag, self.digest)
+
+    def __eq__(self, other):
+        if not isinstance(other, Reference):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+
+def _quote(s: str, limit: int = 256) -> str:
+    """Quote input for an error message; keep it one bounded line for logs."""
+    if len(s) > limit:
+        s = s[:limit] + "..."
+    if s.isprintable():
+        return '"' + s + '"'
+    return repr(s)
+
+
+def _fail(s, why: str) -> InvalidReference:
+    return InvalidReference("invalid reference " + _quote(s) + ": " + why)
+
+
+def _is_hex64(s: str) -> bool:
+    return len(s) == 64 and not s.strip(_HEX_LOWER)
+
+
+def _only(s: str, chars: str) -> bool:
+    """True if every character of non-empty ``s`` is in ``chars`` (strip is one C call)."""
+    return bool(s) and not s.strip(chars)
+
+
+def split_domain(name: str) -> tuple[str, str]:
+    """Split off the registry the way docker decides it, without adding ``library/``.
+
+    The first component is a registry only if it has ``.`` or ``:``, is
+    ``localhost`` or has an upper-case letter; anything else lives on Docker Hub.
+    """
+    first, slash, rest = name.partition("/")
+    if not slash:
+        return DEFAULT_DOMAIN, name
+    if first == LEGACY_DOMAIN:
+        return DEFAULT_DOMAIN, rest
+    if first == "localhost" or "." in first or ":" in first or first.lower() != first:
+        return first, rest
+    return DEFAULT_DOMAIN, name
+
+
+def _valid_host(h: str) -> bool:
+    if h[:1] == "[":
+        return len(h) > 2 and h[-1] == "]" and _only(h[1:-1], _IPV6_CHARS)
+    return (
+        _only(h, _DOMAIN_CHARS)
+        and h[0] not in "-."
+        and h[-1] not in "-."
+        and ".." not in h
+        and ".-" not in h
+        and "-." not in h
+    )
+
+
+def valid_domain(s: str) -> bool:
+    """``host[:port]``: dotted DNS-like labels or a bracketed IPv6 literal, port digits."""
+    return isinstance(s, str) and bool(s) and _domain_ok(s)
+
+
+def _domain_ok(s: str) -> bool:
+    if s[0] == "[":
+        end = s.find("]")
+        if end < 0:
+            return False
+        host, port = s[: end + 1], s[end + 1 :]
+        if port:
+            if port[0] != ":":
+                return False
+            port = port[1:]
+            if not port:
+                return False
+    else:
+        host, colon, port = s.partition(":")
+        if colon and not port:
+            return False
+    return _valid_host(host) and (not port or _only(port, _DIGITS))
+
+
+def _path_ok(s: str) -> bool:
+    if not s or s.strip(_PATH_CHARS) or s[0] in "/._-" or s[-1] in "/._-" or "//" in s:
+        return False
+    if "." not in s and "_" not in s:
+        # the common shape (``team/some-app``): only "-" next to "/" can be wrong
+        return "/-" not in s and "-/" not in s
+    for pair in _PATH_BAD_PAIRS:
+        if pair in s:
+            return False
+    return True
+
+
+def valid_path(s: str) -> bool:
+    """One or more lower-case components (``a``, ``a.b``, ``a_b``, ``a__b``, ``a--b``) joined by ``/``."""
+    return isinstance(s, str) and _path_ok(s)
+
+
+def _tag_ok(s: str) -> bool:
+    return 0 < len(s) <= TAG_MAX and s[0] not in ".-" and not s.strip(_TAG_CHARS)
+
+
+def valid_tag(s: str) -> bool:
+    """``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``."""
+    return isinstance(s, str) and _tag_ok(s)
+
+
+def _valid_algorithm(a: str) -> bool:
+    """The reference grammar's algorithm: letter-led words joined by ``-_+.``."""
+    if not _only(a, _ALNUM + _DIGEST_ALG_SEPARATORS):
+        return False
+    prev = "."
+    for c in a:
+        if prev in _DIGEST_ALG_SEPARATORS and c not in _ALPHA:
+            return False
+        prev = c
+    return prev not in _DIGEST_ALG_SEPARATORS
+
+
+def _digest_error(s: str):
+    """Why ``s`` is not a digest that ``Parse`` accepts, or None if it is one."""
+    alg, colon, enc = s.partition(":")
+    hexlen = _DIGEST_HEX_LEN.get(alg)
+    if hexlen is not None and len(enc) == hexlen and not enc.strip(_HEX_LOWER):
+        return None
+    if not colon or len(enc) < 32 or not _only(enc, _HEX_LOWER + "ABCDEF") or not _valid_algorithm(alg):
+        return "invalid digest format"
+    if hexlen is None:
+        return "unsupported digest algorithm " + _quote(alg, 64)
+    if len(enc) != hexlen:
+        return f"invalid {alg} digest length {len(enc)} (want {hexlen})"
+    return "digest hex must be lower case"
+
+
+def valid_digest(s: str) -> bool:
+    """``algorithm:hex`` that go-digest accepts: sha256/sha384/sha512, exact-length lower-case hex."""
+    return isinstance(s, str) and _digest_error(s) is None
+
+
+def parse(s: str) -> Reference:
+    """Parse and normalize ``s``; raise :class:`InvalidReference` if docker would refuse it."""
+    if not isinstance(s, str):
+        raise InvalidReference("invalid reference: expected a string, got " + type(s).__name__)
+    if not s:
+        raise _fail(s, "repository name must have at least one component")
+    if _is_hex64(s):
+        raise _fail(s, "cannot specify 64-byte hexadecimal strings")
+    domain, rest = split_domain(s)
+    if domain == DEFAULT_DOMAIN and "/" not in rest:
+        rest = OFFICIAL_PREFIX + rest
+
+    rest, at, digest = rest.partition("@")
+    path, colon, tag = rest.partition(":")
+    if not _path_ok(path):
+        if path.lower() != path:
+            raise _fail(s, "repository name must be lowercase")
+        raise _fail(s, "invalid repository path " + _quote(path, 64))
+    if colon and not _tag_ok(tag):
+        raise _fail(s, "invalid tag " + _quote(tag, 64))
+    if at:
+        why = _digest_error(digest)
+        if why is not None:
+            raise _fail(s, why)
+    if domain != DEFAULT_DOMAIN and not _domain_ok(domain):
+        raise _fail(s, "invalid registry " + _quote(domain, 64))
+    if len(path) > NAME_MAX:
+        raise _fail(s, f"repository name must not be more than {NAME_MAX} characters")
+    return Reference(domain, path, tag if colon else None, digest if at else None)
+
+
+def is_valid(s: str) -> bool:
+    """True if :func:`parse` accepts ``s``."""
+    try:
+        parse(s)
+    except InvalidReference:
+        return False
+    return True
