@@ -106,13 +106,13 @@ def _validate_imagemap(request: dict, obj: dict, settings: Settings) -> dict:
     if error:
         return protocol.deny(f"{where} is invalid: {error}")
     try:
-        doc = snapshot.load_namespace(settings.state_dir, candidate.namespace, "accepted")
+        doc = snapshot.load_namespace(settings.state_dir, candidate.namespace)
         snapshot.load_cluster(settings.state_dir)
     except snapshot.SnapshotError as exc:
         return protocol.allow([(f"image-mapper could not check {where} against other ImageMaps "
                                f"({exc}); the sync hook will report a conflict in its status")])
     others = [MapInput(candidate.namespace, name, spec.get("created", ""), 0, spec.get("items", []))
-              for name, spec in ((doc or {}).get("maps") or {}).items() if name != candidate.name]
+              for name, spec in ((doc or {}).get("accepted") or {}).items() if name != candidate.name]
     issue = check_candidate(candidate, others)
     if issue:
         return protocol.deny(f"{where} conflicts with accepted ImageMaps: {issue}")

@@ -83,28 +83,39 @@ def _map_files(paths: list[str], namespace: str) -> list[compiler.MapFileInput]:
 
 
 class Rules:
-    """The compiled docs a Pod in ``namespace`` would see, plus what was rejected."""
+    """Compiled rules per namespace, as the sync hook would compile them."""
 
     def __init__(self, args: argparse.Namespace):
         self.namespace = args.namespace
-        maps = load_imagemaps(args.imagemap, args.namespace)
-        ns_maps = [m for m in maps if m.namespace == args.namespace]
-        ns_files = _map_files(args.ns_map_file, args.namespace)
-        self.ns_doc, _, verdicts, ns_diags, _ = compiler.compile_namespace(
-            args.namespace, ns_maps, ns_files)
+        self.maps = load_imagemaps(args.imagemap, args.namespace)
+        self.ns_files = [(args.namespace, path) for path in args.ns_map_file]
         self.cluster_doc, cluster_diags, _ = compiler.compile_cluster(
             _map_files(args.map_file, "(cluster)"))
-        self.problems = [f'ImageMap "{args.namespace}/{name}" rejected ({v[0]}): {v[1]}'
-                         for name, v in sorted(verdicts.items()) if v[0] != "Accepted"]
-        for diags in list(ns_diags.values()) + list(cluster_diags.values()):
-            self.problems += [f"{d['severity']}: {d['text']}" for d in diags]
-        skipped = sorted({m.namespace for m in maps} - {args.namespace})
-        if skipped:
-            self.problems.append(f"note: ImageMaps of namespace(s) {', '.join(skipped)} do not "
-                                 f"apply to namespace {args.namespace} (use -n)")
+        self.problems = [f"{d['severity']}: {d['text']}" for diags in cluster_diags.values() for d in diags]
+        self._docs: dict[str, dict | None] = {}
 
-    def decide(self, image: str) -> rules.Decision:
-        return rules.decide(image, self.ns_doc, self.cluster_doc)
+    def namespace_doc(self, namespace: str) -> dict | None:
+        if namespace not in self._docs:
+            maps = [m for m in self.maps if m.namespace == namespace]
+            files = _map_files([p for ns, p in self.ns_files if ns == namespace], namespace)
+            doc, verdicts, diags, _ = compiler.compile_namespace(namespace, maps, files)
+            self._docs[namespace] = doc
+            self.problems += [f'ImageMap "{namespace}/{name}" rejected ({v[0]}): {v[1]}'
+                              for name, v in sorted(verdicts.items()) if v[0] != "Accepted"]
+            self.problems += [f"{d['severity']}: {d['text']}" for ds in diags.values() for d in ds]
+        return self._docs[namespace]
+
+    def decide(self, image: str, namespace: str | None = None) -> rules.Decision:
+        return rules.decide(image, self.namespace_doc(namespace or self.namespace), self.cluster_doc)
+
+    def report(self) -> None:
+        """Print rejected ImageMaps, bad map-file lines, and maps that applied nowhere."""
+        unused = sorted({m.namespace for m in self.maps} - set(self._docs))
+        for line in self.problems:
+            print(line, file=sys.stderr)
+        if unused:
+            print(f"note: no image was looked up in namespace(s) {', '.join(unused)}, so their "
+                  "ImageMaps did not apply (use -n or set metadata.namespace)", file=sys.stderr)
 
 
 def _rewrite_images(rules_: Rules, images: list[str], explain: bool) -> None:
@@ -123,13 +134,15 @@ def rewrite_object(obj: object, rules_: Rules, explain: bool) -> None:
     import jsonpatch
 
     spec_pointer, owner_pointer = POD_SPECS[obj["kind"]]
-    spec = podpatch._at(obj, spec_pointer)
-    name = f"{obj['kind']}/{(obj.get('metadata') or {}).get('name', '?')}"
+    spec = podpatch.at_pointer(obj, spec_pointer)
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    name = f"{obj['kind']}/{meta.get('name', '?')}"
+    namespace = meta.get("namespace") or rules_.namespace
     changes = []
     for field in podpatch.image_fields(spec):
         if not isinstance(field.image, str):
             continue
-        decision = rules_.decide(field.image)
+        decision = rules_.decide(field.image, namespace)
         if decision.error:
             print(f"warning: {name} {field.key}: {decision.error}; left unchanged", file=sys.stderr)
         if explain:
@@ -243,12 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.images and not args.filename:
             parser().error("rewrite needs IMAGE arguments or -f MANIFESTS")
         rules_ = Rules(args)
-        for line in rules_.problems:
-            print(line, file=sys.stderr)
         if args.filename:
             _rewrite_manifests(args, rules_)
         else:
             _rewrite_images(rules_, args.images, args.explain)
+        rules_.report()
         return 0
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

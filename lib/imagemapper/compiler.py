@@ -94,18 +94,19 @@ def _split_diagnostics(diags: list, configmaps: list[MapFileInput]) -> dict[tupl
 
 
 def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[MapFileInput]):
-    """Compile one namespace: (doc or None, accepted doc or None, verdicts, diagnostics)."""
+    """Compile one namespace: (doc or None, verdicts, diagnostics per ConfigMap, rule count)."""
     verdicts = imagemap.resolve_namespace(maps)
     im_layer, im_targets = imagemap.compile_layer(verdicts)
     mf_layer, mf_targets, diags = mapfile.compile_layer(_files_of(configmaps))
-    doc = None
-    if im_layer or mf_layer:
-        doc = {"imagemaps": im_layer, "mapfiles": mf_layer,
-               "targets": merge_targets(im_targets, mf_targets)}
     accepted = {m.name: {"created": m.created, "items": m.items}
                 for m in maps if verdicts[m.name].ready}
+    doc = None
+    if im_layer or mf_layer:
+        # "accepted" is for the validating hook; the mutate hook ignores it.
+        doc = {"imagemaps": im_layer, "mapfiles": mf_layer,
+               "targets": merge_targets(im_targets, mf_targets), "accepted": accepted}
     flat = {name: [v.reason, v.message, v.rules] for name, v in verdicts.items()}
-    return doc, (accepted or None), flat, _split_diagnostics(diags, configmaps), layer_size(im_layer) + layer_size(mf_layer)
+    return doc, flat, _split_diagnostics(diags, configmaps), layer_size(im_layer) + layer_size(mf_layer)
 
 
 def compile_cluster(configmaps: list[MapFileInput]):
@@ -159,7 +160,6 @@ def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
     for gone in set(old_ns) - set(new_ns):
         if snapshot.valid_namespace(gone):
             snapshot.remove(snapshot.namespace_path(state_dir, gone))
-            snapshot.remove(snapshot.namespace_path(state_dir, gone, "accepted"))
     cluster_entry = _build_cluster(state_dir, cluster_cms, index.get("cluster") or {}, result)
     result.namespaces = sum(1 for entry in new_ns.values() if entry["rules"])
     snapshot.write_atomic(os.path.join(state_dir, INDEX), json.dumps(
@@ -177,10 +177,8 @@ def _build_namespace(state_dir: str, namespace: str, maps: list, cms: list,
     if fresh:
         entry = previous
     else:
-        doc, accepted, verdicts, diags, rules = compile_namespace(namespace, maps, cms)
+        doc, verdicts, diags, rules = compile_namespace(namespace, maps, cms)
         _store(doc_path, doc)
-        _store(snapshot.namespace_path(state_dir, namespace, "accepted"),
-               {"maps": accepted} if accepted else None)
         entry = {"hash": key, "rules": rules, "verdicts": verdicts,
                  "diagnostics": [[k[1], v] for k, v in diags.items()]}
         result.recompiled.append(namespace)

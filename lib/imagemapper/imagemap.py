@@ -35,21 +35,24 @@ EXACT, REPO, PREFIX = "exact", "repo", "prefix"
 class Entry:
     """One validated ``spec.map`` entry."""
 
-    __slots__ = ("index", "key", "kind", "raw_from", "raw_to", "to", "to_range")
+    __slots__ = ("index", "key", "kind", "name", "raw_from", "raw_to", "to", "to_range")
 
     def __init__(self, index: int, kind: str, key: str, to: str | None,
-                 to_range: tuple[str, str] | None, raw_from: str, raw_to: str | None):
+                 to_range: tuple[str, str, str] | None, raw_from: str, raw_to: str | None,
+                 name: str = ""):
         self.index = index
         self.kind = kind          # EXACT, REPO or PREFIX
         self.key = key            # normalized from: full ref, name, or name prefix
+        self.name = name or key   # the repository an exact key belongs to (else the key)
         self.to = to              # what the layer stores: full ref, repo, or prefix base
-        self.to_range = to_range  # (kind, key) of everything this entry can produce
+        self.to_range = to_range  # (kind, key, name) of everything this entry can produce
         self.raw_from = raw_from
         self.raw_to = raw_to
 
     @property
-    def from_range(self) -> tuple[str, str]:
-        return (self.kind, self.key)
+    def from_range(self) -> tuple[str, str, str]:
+        """(kind, key, name): name is the repository an exact key belongs to."""
+        return (self.kind, self.key, self.name)
 
     def label(self) -> str:
         return f"spec.map[{self.index}]"
@@ -104,18 +107,19 @@ def _build_entry(index: int, raw_from: str, raw_to: str | None) -> Entry:
         if not raw_to.endswith("/*"):
             raise EntryError(f"'to' {raw_to!r} must end in '/*' like 'from'")
         to_key = _prefix_key(raw_to[:-2], "'to'")
-        return Entry(index, PREFIX, key, raw_to[:-2], (PREFIX, to_key), raw_from, raw_to)
+        return Entry(index, PREFIX, key, raw_to[:-2], (PREFIX, to_key, to_key), raw_from, raw_to)
     if "*" in raw_from:
         raise EntryError("'*' is only allowed as a final '/*' path prefix")
     ref = parse(raw_from)
     if ref.tag is None and ref.digest is None:
         return _repo_entry(index, ref.name, raw_from, raw_to)
     if raw_to is None:
-        return Entry(index, EXACT, str(ref), None, None, raw_from, None)
+        return Entry(index, EXACT, str(ref), None, None, raw_from, None, ref.name)
     if raw_to.endswith("/*"):
         raise EntryError(f"'to' {raw_to!r} is a prefix, but 'from' is an exact reference")
     to_ref = parse(raw_to)
-    return Entry(index, EXACT, str(ref), raw_to, (EXACT, str(to_ref)), raw_from, raw_to)
+    return Entry(index, EXACT, str(ref), raw_to, (EXACT, str(to_ref), to_ref.name), raw_from, raw_to,
+                 ref.name)
 
 
 def _repo_entry(index: int, name: str, raw_from: str, raw_to: str | None) -> Entry:
@@ -128,7 +132,7 @@ def _repo_entry(index: int, name: str, raw_from: str, raw_to: str | None) -> Ent
         raise EntryError(
             f"'to' {raw_to!r} has a tag or digest, but 'from' is a repository "
             "(its tag and digest are carried over)")
-    return Entry(index, REPO, name, raw_to, (REPO, to_ref.name), raw_from, raw_to)
+    return Entry(index, REPO, name, raw_to, (REPO, to_ref.name, to_ref.name), raw_from, raw_to)
 
 
 # ----------------------------------------------------------------------------- ranges
@@ -142,13 +146,6 @@ def _ancestors(name: str) -> list[str]:
         out.append(name)
         cut = name.rfind("/")
     return out
-
-
-def _range_name(rng: tuple[str, str]) -> str:
-    kind, key = rng
-    if kind != EXACT:
-        return key
-    return parse(key).name
 
 
 class RangeIndex:
@@ -166,9 +163,8 @@ class RangeIndex:
         self.prefixes: dict[str, object] = {}
         self.below: dict[str, object] = {}
 
-    def add(self, rng: tuple[str, str], owner: object) -> None:
-        kind, key = rng
-        name = _range_name(rng)
+    def add(self, rng: tuple[str, str, str], owner: object) -> None:
+        kind, key, name = rng
         if kind == EXACT:
             self.exact.setdefault(key, owner)
             self.exact_names.setdefault(name, owner)
@@ -178,27 +174,27 @@ class RangeIndex:
             self.prefixes.setdefault(key, owner)
         ancestors = _ancestors(name)
         # Something lies strictly below every proper ancestor; a prefix also covers itself.
+        below = self.below
         for anc in ancestors if kind == PREFIX else ancestors[1:]:
-            self.below.setdefault(anc, owner)
+            below.setdefault(anc, owner)
 
-    def find(self, rng: tuple[str, str], skip: object = None):
-        """Return an owner (other than ``skip``) whose range intersects ``rng``."""
-        kind, key = rng
-        name = _range_name(rng)
-        ancestors = _ancestors(name)
-        # Prefixes cover names strictly below them; equal prefixes overlap too.
-        covering = ancestors if kind == PREFIX else ancestors[1:]
-        probes: list[tuple[dict, str]] = [(self.prefixes, anc) for anc in covering]
+    def find(self, rng: tuple[str, str, str]):
+        """Return an owner whose range intersects ``rng``, or None."""
+        kind, key, name = rng
         if kind == EXACT:
-            probes += [(self.exact, key), (self.repos, name)]
+            hit = self.exact.get(key) or self.repos.get(name)
         elif kind == REPO:
-            probes += [(self.repos, key), (self.exact_names, name)]
+            hit = self.repos.get(key) or self.exact_names.get(name)
         else:
-            probes.append((self.below, key))
-        for table, probe in probes:
-            owner = table.get(probe)
-            if owner is not None and owner is not skip:
-                return owner
+            hit = self.below.get(key)
+        if hit is not None or not self.prefixes:
+            return hit
+        # Prefixes cover names strictly below them; equal prefixes overlap too.
+        ancestors = _ancestors(name)
+        for anc in ancestors if kind == PREFIX else ancestors[1:]:
+            hit = self.prefixes.get(anc)
+            if hit is not None:
+                return hit
         return None
 
 
@@ -274,7 +270,7 @@ class _Accepted:
     """The accepted entries of one namespace, indexed for conflict and chain checks."""
 
     def __init__(self) -> None:
-        self.by_from: dict[tuple[str, str], tuple[Entry, str]] = {}
+        self.by_from: dict[tuple[str, str, str], tuple[Entry, str]] = {}
         self.froms = RangeIndex()
         self.tos = RangeIndex()
 
@@ -298,12 +294,12 @@ class _Accepted:
         for entry in entries:
             if entry.to is None:
                 continue
-            hit = self.tos.find(entry.from_range, skip=None)
+            hit = self.tos.find(entry.from_range)
             if hit:
                 other, owner = hit
                 return (f"chain: {entry.label()} (from {entry.raw_from!r}) matches the target "
                         f"{other.raw_to!r} of {_owner_text(owner, self_name)} {other.label()}")
-            hit = self.froms.find(entry.to_range, skip=None)
+            hit = self.froms.find(entry.to_range)
             if hit:
                 other, owner = hit
                 return (f"chain: the target {entry.raw_to!r} of {entry.label()} is matched by "
@@ -315,15 +311,18 @@ def _owner_text(owner: str, self_name: str) -> str:
     return "this ImageMap's" if owner == self_name else f'ImageMap "{owner}"'
 
 
-def _internal_problem(entries: list[Entry], name: str) -> str | None:
-    """Conflicts and chains between the entries of one ImageMap."""
-    seen = _Accepted()
+def _absorb(entries: list[Entry], name: str) -> tuple[_Accepted, str | None]:
+    """Index one map's entries, checking each against those before it.
+
+    Returns the index and the first internal conflict or chain, if any.
+    """
+    own = _Accepted()
     for entry in entries:
-        issue = seen.problem([entry], name)
+        issue = own.problem([entry], name)
         if issue:
-            return issue
-        seen.add([entry], name)
-    return None
+            return own, issue
+        own.add([entry], name)
+    return own, None
 
 
 def resolve_namespace(maps: list[MapInput]) -> dict[str, Verdict]:
@@ -332,18 +331,23 @@ def resolve_namespace(maps: list[MapInput]) -> dict[str, Verdict]:
     Maps are taken oldest first (then by name). A map that conflicts or chains with
     one accepted before it is rejected whole, and its message names the other map.
     """
-    accepted = _Accepted()
+    accepted: _Accepted | None = None
     verdicts: dict[str, Verdict] = {}
     for imap in sorted(maps, key=MapInput.order_key):
         entries, error = validate_entries(imap)
         if error:
             verdicts[imap.name] = Verdict("Invalid", error, [])
             continue
-        issue = _internal_problem(entries, imap.name) or accepted.problem(entries, imap.name)
+        own, issue = _absorb(entries, imap.name)
+        if not issue and accepted is not None:
+            issue = accepted.problem(entries, imap.name)
         if issue:
             verdicts[imap.name] = Verdict("Conflict", issue, [])
             continue
-        accepted.add(entries, imap.name)
+        if accepted is None:
+            accepted = own  # the first accepted map: its own index is the namespace's
+        else:
+            accepted.add(entries, imap.name)
         count = len(entries)
         verdicts[imap.name] = Verdict(
             "Accepted", f"{count} rule{'s' if count != 1 else ''} active", entries)
@@ -361,7 +365,7 @@ def check_candidate(candidate: MapInput, others: list[MapInput]) -> str | None:
     entries, error = validate_entries(candidate)
     if error:
         return error
-    issue = _internal_problem(entries, candidate.name)
+    _, issue = _absorb(entries, candidate.name)
     if issue:
         return issue
     accepted = _Accepted()
@@ -386,7 +390,7 @@ def compile_layer(verdicts: dict[str, Verdict]) -> tuple[dict | None, dict]:
             rule = f"imagemap {name} {entry.label()}: {entry.raw_from} -> {entry.raw_to or '(excluded)'}"
             tables[entry.kind].setdefault(entry.key, [entry.to, rule])
             if entry.to_range is not None:
-                kind, key = entry.to_range
+                kind, key, _ = entry.to_range
                 targets[kind][key] = 1
     if not (exact or repo or prefix):
         return None, targets

@@ -101,11 +101,11 @@ def build_patch(obj: dict, changes: list[tuple[ImageField, str]], spec_pointer: 
            for field, new in changes]
     if ops and annotate:
         originals = {field.key: field.image for field, _ in changes if isinstance(field.image, str)}
-        ops.extend(annotation_ops(_at(obj, owner_pointer).get("metadata"), originals, owner_pointer))
+        ops.extend(annotation_ops(at_pointer(obj, owner_pointer).get("metadata"), originals, owner_pointer))
     return ops
 
 
-def _at(obj: object, pointer: str) -> dict:
+def at_pointer(obj: object, pointer: str) -> dict:
     """The dict at a simple JSON pointer ("" is the object itself), or {} if absent."""
     node = obj
     for token in [t for t in pointer.split("/") if t]:

@@ -147,7 +147,7 @@ def import_profile(python: str, env: dict, top: int = 5) -> list[tuple[str, int]
     for line in out.stderr.splitlines():
         if line.startswith("import time:") and "|" in line and "cumulative" not in line:
             _, cumulative, name = line[len("import time:"):].split("|")
-            rows.append((name.rstrip(), int(cumulative)))
+            rows.append((name.rstrip()[1:], int(cumulative)))  # one space, then nesting indent
     top_level = [r for r in rows if not r[0].startswith(" ")]
     return sorted(top_level, key=lambda r: -r[1])[:top]
 
