@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ def sample(n_namespaces=3):
 def test_build_writes_one_file_per_namespace_and_reads_back(tmp_path):
     maps, cms = sample()
     result = compiler.build(str(tmp_path), maps, cms, OPNS)
-    assert sorted(os.listdir(tmp_path / "ns")) == ["ns0.json", "ns1.json", "ns2.json"]
+    assert sorted(os.listdir(tmp_path / "ns")) == ["ns0.snap", "ns1.snap", "ns2.snap"]
     assert snapshot.is_ready(str(tmp_path))
     assert result.rules == {"namespace": 3 + 2, "cluster": 1}
     ns_doc, cluster_doc = snapshot.load_for_namespace(str(tmp_path), "ns1")
@@ -44,7 +45,7 @@ def test_unchanged_namespaces_are_not_recompiled(tmp_path):
     second = compiler.build(str(tmp_path), maps, cms, OPNS)
     assert second.recompiled == ["ns2"]
     for name, mtime in mtimes.items():
-        if name != "ns2.json":
+        if name != "ns2.snap":
             assert os.stat(tmp_path / "ns" / name).st_mtime_ns == mtime
     assert second.verdicts[("ns0", "m")][0] == "Accepted"  # verdicts of untouched namespaces kept
 
@@ -53,7 +54,7 @@ def test_deleted_rules_remove_the_namespace_file(tmp_path):
     maps, cms = sample()
     compiler.build(str(tmp_path), maps, cms, OPNS)
     compiler.build(str(tmp_path), maps[:1], cms[:1], OPNS)
-    assert sorted(os.listdir(tmp_path / "ns")) == ["ns0.json"]
+    assert sorted(os.listdir(tmp_path / "ns")) == ["ns0.snap"]
 
 
 def test_missing_snapshot_is_an_error_the_caller_sees(tmp_path):
@@ -61,11 +62,12 @@ def test_missing_snapshot_is_an_error_the_caller_sees(tmp_path):
         snapshot.load_for_namespace(str(tmp_path), "shop")
 
 
-@pytest.mark.parametrize("content", ["", "{", '{"v": 99}', "[]", "\xff\xfe garbage"])
+@pytest.mark.parametrize("content", [b"", b"{", marshal.dumps({"v": 99}), marshal.dumps([]),
+                                     b"\xff\xfe garbage", marshal.dumps({"v": 1, "x": 1})[:-3]])
 def test_corrupt_snapshot_is_an_error_not_a_crash(tmp_path, content):
     maps, cms = sample()
     compiler.build(str(tmp_path), maps, cms, OPNS)
-    (tmp_path / "cluster.json").write_text(content, encoding="latin-1")
+    (tmp_path / snapshot.CLUSTER).write_bytes(content)
     with pytest.raises(snapshot.SnapshotError):
         snapshot.load_for_namespace(str(tmp_path), "ns1")
 
@@ -73,7 +75,7 @@ def test_corrupt_snapshot_is_an_error_not_a_crash(tmp_path, content):
 def test_corrupt_namespace_file_is_an_error(tmp_path):
     maps, cms = sample()
     compiler.build(str(tmp_path), maps, cms, OPNS)
-    (tmp_path / "ns" / "ns1.json").write_text("{not json")
+    (tmp_path / "ns" / "ns1.snap").write_bytes(b"{not marshal")
     with pytest.raises(snapshot.SnapshotError, match="corrupt"):
         snapshot.load_for_namespace(str(tmp_path), "ns1")
 
@@ -81,8 +83,8 @@ def test_corrupt_namespace_file_is_an_error(tmp_path):
 def test_next_build_repairs_a_deleted_or_corrupt_snapshot(tmp_path):
     maps, cms = sample()
     compiler.build(str(tmp_path), maps, cms, OPNS)
-    os.unlink(tmp_path / "cluster.json")
-    os.unlink(tmp_path / "ns" / "ns1.json")
+    os.unlink(tmp_path / snapshot.CLUSTER)
+    os.unlink(tmp_path / "ns" / "ns1.snap")
     compiler.build(str(tmp_path), maps, cms, OPNS)
     ns_doc, cluster_doc = snapshot.load_for_namespace(str(tmp_path), "ns1")
     assert ns_doc is not None and cluster_doc["mapfiles"]
@@ -96,17 +98,17 @@ def test_invalid_namespace_names_never_touch_other_paths(tmp_path):
 
 def test_atomic_write_never_exposes_a_partial_file(tmp_path):
     """A reader process polling the file while we rewrite it must only ever see whole documents."""
-    path = tmp_path / "doc.json"
+    path = tmp_path / "doc.snap"
     snapshot.write_doc(str(path), {"payload": "x" * 200_000, "n": 0})
     reader = subprocess.Popen([sys.executable, "-c", f"""
 import sys; sys.path.insert(0, {os.path.join(os.path.dirname(__file__), '..', 'lib')!r})
-from imagemapper import fastjson
+from imagemapper import snapshot
 bad = 0
 for _ in range(3000):
     try:
-        doc = fastjson.load_file({str(path)!r})
+        doc = snapshot._read_doc({str(path)!r})
         bad += len(doc["payload"]) != 200_000
-    except ValueError:
+    except snapshot.SnapshotError:
         bad += 1
 print(bad)
 """], stdout=subprocess.PIPE, text=True)

@@ -3,6 +3,7 @@
     rewrite [--map-file F]... [--ns-map-file F]... [--imagemap F]... [-n NS] [--explain] IMAGE...
     rewrite [same options] -f MANIFESTS.yaml
     check FILE...
+    snapshot-dump DIR [NAMESPACE]
 
 ``--map-file`` files are cluster-wide map files. ``--ns-map-file`` files belong to
 namespace NS. ``--imagemap`` files hold ImageMaps: several YAML documents or a List,
@@ -245,7 +246,24 @@ def parser() -> argparse.ArgumentParser:
     rw.add_argument("images", nargs="*", metavar="IMAGE")
     ck = sub.add_parser("check", help="lint map files and ImageMaps")
     ck.add_argument("files", nargs="+", metavar="FILE")
+    dump = sub.add_parser("snapshot-dump", help="print a compiled snapshot document as JSON")
+    dump.add_argument("state_dir", metavar="DIR", help="IMAGE_MAPPER_STATE_DIR")
+    dump.add_argument("namespace", nargs="?", help="a namespace (default: the cluster document)")
     return top
+
+
+def _dump(state_dir: str, namespace: str | None) -> int:
+    import json
+
+    from imagemapper import snapshot
+
+    try:
+        doc = (snapshot.load_namespace(state_dir, namespace) if namespace
+               else snapshot.load_cluster(state_dir))
+    except snapshot.SnapshotError as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(doc, indent=1, sort_keys=True))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.files)
+        if args.command == "snapshot-dump":
+            return _dump(args.state_dir, args.namespace)
         if not args.images and not args.filename:
             parser().error("rewrite needs IMAGE arguments or -f MANIFESTS")
         rules_ = Rules(args)

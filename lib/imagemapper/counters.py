@@ -46,7 +46,8 @@ def bump(state_dir: str, increments: list[tuple[str, dict[str, str], int]]) -> l
         data = fastjson.dumps(totals).encode()
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, data)
-        os.ftruncate(fd, len(data))
+        if len(data) < len(raw):  # truncating is costly on some file systems; skip when growing
+            os.ftruncate(fd, len(data))
         return out
     finally:
         os.close(fd)

@@ -50,8 +50,9 @@ def loads(text: str):
 
 def load_file(path: str):
     """Read and parse a JSON file (UTF-8)."""
-    with open(path, encoding="utf-8") as handle:
-        return loads(handle.read())
+    from imagemapper.rawio import read_bytes
+
+    return loads(read_bytes(path).decode("utf-8"))
 
 
 def _encode_str(value: str) -> str:

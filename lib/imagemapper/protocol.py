@@ -20,7 +20,7 @@ import binascii
 import os
 import sys
 
-from imagemapper import fastjson
+from imagemapper import fastjson, rawio
 
 
 def read_contexts(env=os.environ) -> list:
@@ -58,16 +58,14 @@ def _response_path(env) -> str:
 
 def write_response(response: dict, env=os.environ) -> None:
     """Write the one admission answer of this run (replacing anything there)."""
-    with open(_response_path(env), "w", encoding="utf-8") as handle:
-        handle.write(fastjson.dumps(response) + "\n")
+    rawio.write_bytes(_response_path(env), (fastjson.dumps(response) + "\n").encode())
 
 
 def _append_stream(path_var: str, docs: list[dict], env) -> None:
     path = env.get(path_var)
     if not docs or not path:
         return
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(fastjson.dumps(doc) + "\n" for doc in docs))
+    rawio.write_bytes(path, "".join(fastjson.dumps(doc) + "\n" for doc in docs).encode(), append=True)
 
 
 def write_kube_operations(ops: list[dict], env=os.environ) -> None:
