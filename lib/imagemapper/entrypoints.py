@@ -8,7 +8,6 @@ variable's name, so that shell-operator refuses to start. Admission runs always 
 
 from __future__ import annotations
 
-import os
 import sys
 
 from imagemapper import protocol
@@ -97,6 +96,8 @@ def validate_main(argv: list[str]) -> int:
 def sync_main(argv: list[str]) -> int:
     if argv[:1] == ["--config"]:
         return _print_config("sync_config")
+    import os
+
     from imagemapper import sync
 
     settings = _settings()

@@ -17,14 +17,14 @@
 from __future__ import annotations
 
 import binascii
-import os
 import sys
 
 from imagemapper import fastjson, rawio
 
 
-def read_contexts(env=os.environ) -> list:
+def read_contexts(env: dict | None = None) -> list:
     """The binding-context array of this run."""
+    env = rawio.environ() if env is None else env
     contexts = fastjson.load_file(env["BINDING_CONTEXT_PATH"])
     if not isinstance(contexts, list):
         raise TypeError("binding context is not a JSON array")
@@ -56,23 +56,24 @@ def _response_path(env) -> str:
     return env.get("ADMISSION_RESPONSE_PATH") or env["VALIDATING_RESPONSE_PATH"]
 
 
-def write_response(response: dict, env=os.environ) -> None:
+def write_response(response: dict, env: dict | None = None) -> None:
     """Write the one admission answer of this run (replacing anything there)."""
+    env = rawio.environ() if env is None else env
     rawio.write_bytes(_response_path(env), (fastjson.dumps(response) + "\n").encode())
 
 
-def _append_stream(path_var: str, docs: list[dict], env) -> None:
-    path = env.get(path_var)
+def _append_stream(path_var: str, docs: list[dict], env: dict | None) -> None:
+    path = (rawio.environ() if env is None else env).get(path_var)
     if not docs or not path:
         return
     rawio.write_bytes(path, "".join(fastjson.dumps(doc) + "\n" for doc in docs).encode(), append=True)
 
 
-def write_kube_operations(ops: list[dict], env=os.environ) -> None:
+def write_kube_operations(ops: list[dict], env: dict | None = None) -> None:
     _append_stream("KUBERNETES_PATCH_PATH", ops, env)
 
 
-def write_metrics(ops: list[dict], env=os.environ) -> None:
+def write_metrics(ops: list[dict], env: dict | None = None) -> None:
     _append_stream("METRICS_PATH", ops, env)
 
 

@@ -6,13 +6,12 @@ exclusion counts as an opinion. Before any layer is asked, the idempotence guard
 leaves alone every image that already lies where some applicable rule sends images,
 so rewriting a rewritten image changes nothing (``f(f(x)) == f(x)``).
 
-This module is on the admission hot path: it imports only the reference parser and
-the two lookup functions.
+This module is on the admission hot path: it imports only the reference parser, and
+each lookup module only when a layer of its kind applies to the Pod's namespace.
 """
 
 from __future__ import annotations
 
-from imagemapper import imagemap, mapfile
 from imagemapper.reference import InvalidReference, parse
 
 
@@ -90,14 +89,26 @@ def under_targets(ref, targets: dict) -> str | None:
     return None
 
 
+def _imagemap_lookup(layer: dict, ref, raw: str):
+    from imagemapper import imagemap
+
+    return imagemap.lookup(layer, ref)
+
+
+def _mapfile_lookup(layer: dict, ref, raw: str):
+    from imagemapper import mapfile
+
+    return mapfile.lookup(layer, ref, raw)
+
+
 def _layers(ns_doc: dict | None, cluster_doc: dict | None):
     if ns_doc:
         if ns_doc.get("imagemaps"):
-            yield "namespace", imagemap.lookup, ns_doc["imagemaps"]
+            yield "namespace", _imagemap_lookup, ns_doc["imagemaps"]
         if ns_doc.get("mapfiles"):
-            yield "namespace", mapfile.lookup, ns_doc["mapfiles"]
+            yield "namespace", _mapfile_lookup, ns_doc["mapfiles"]
     if cluster_doc and cluster_doc.get("mapfiles"):
-        yield "cluster", mapfile.lookup, cluster_doc["mapfiles"]
+        yield "cluster", _mapfile_lookup, cluster_doc["mapfiles"]
 
 
 def decide(image: str, ns_doc: dict | None, cluster_doc: dict | None) -> Decision:
@@ -112,7 +123,7 @@ def decide(image: str, ns_doc: dict | None, cluster_doc: dict | None) -> Decisio
             return Decision(image, rule=f"already under target {hit!r} of a {scope} rule",
                             scope=scope)
     for scope, lookup, layer in _layers(ns_doc, cluster_doc):
-        found = lookup(layer, ref, image) if lookup is mapfile.lookup else lookup(layer, ref)
+        found = lookup(layer, ref, image)
         if found is not None:
             new, rule = found
             return Decision(image, new=new, rule=rule, scope=scope)

@@ -7,7 +7,7 @@ not later on some Pod.
 
 from __future__ import annotations
 
-import os
+from imagemapper import rawio
 
 MODE_LABEL = "imagemapper.io/mode"
 MAP_FILE_LABEL = "imagemapper.io/map-file"
@@ -84,9 +84,9 @@ def _namespace(env: dict, name: str, required: bool) -> str:
 
 def from_env(env: dict | None = None, require_namespace: bool = True) -> Settings:
     """Read and validate the settings; raise SettingsError naming the variable."""
-    env = os.environ if env is None else env
+    env = rawio.environ() if env is None else env
     state_dir = env.get("IMAGE_MAPPER_STATE_DIR", "") or DEFAULT_STATE_DIR
-    if not os.path.isabs(state_dir):
+    if not state_dir.startswith("/"):
         raise SettingsError(f"IMAGE_MAPPER_STATE_DIR={state_dir!r} must be an absolute path")
     return Settings(
         namespace_mode=_choice(env, "IMAGE_MAPPER_NAMESPACE_MODE", "opt-out", ("opt-out", "opt-in")),

@@ -25,7 +25,6 @@ corrupt, never used. ``python3 -m imagemapper`` can print any of them as JSON
 from __future__ import annotations
 
 import marshal
-import os
 
 from imagemapper import rawio
 
@@ -78,7 +77,7 @@ def load_namespace(state_dir: str, namespace: str) -> dict | None:
     try:
         return _read_doc(path)
     except SnapshotError:
-        if not os.path.exists(path):
+        if not rawio.exists(path):
             return None
         raise
 
@@ -90,7 +89,7 @@ def load_for_namespace(state_dir: str, namespace: str) -> tuple[dict | None, dic
 
 
 def is_ready(state_dir: str) -> bool:
-    return os.path.exists(f"{state_dir}/{READY}")
+    return rawio.exists(f"{state_dir}/{READY}")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -101,6 +100,8 @@ def write_atomic(path: str, text: str | bytes) -> None:
     Plain ``os`` calls (:mod:`imagemapper.rawio`): a full rebuild writes one file per
     namespace.
     """
+    import os  # the writer side runs once per sync; the hot path never gets here
+
     tmp = f"{path}.tmp.{os.getpid()}"
     data = text.encode("utf-8") if isinstance(text, str) else text
     try:
@@ -121,6 +122,8 @@ def write_doc(path: str, doc: dict) -> None:
 
 
 def remove(path: str) -> None:
+    import os
+
     try:
         os.unlink(path)
     except FileNotFoundError:
