@@ -1,0 +1,385 @@
+"""The three hooks as processes, driven by the shell-operator emulator in tests/harness."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+from harness import shellop
+from harness.shellop import (
+    Cluster,
+    MetricsStore,
+    Operator,
+    apply_admission,
+    discover,
+    load_config,
+    run_hook,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOOKS_DIR = os.path.join(ROOT, "hooks")
+OPNS = "image-mapper-system"
+MUTATE = "pods.mutate.imagemapper.io"
+
+
+def hook(name: str) -> shellop.Hook:
+    return shellop.Hook.from_path(os.path.join(HOOKS_DIR, name), HOOKS_DIR)
+
+
+def make_env(state_dir: str, **extra: str) -> dict:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.path.join(ROOT, "lib"),
+           "SHELL_OPERATOR_NAMESPACE": OPNS, "VALIDATING_WEBHOOK_CONFIGURATION_NAME": "image-mapper",
+           "IMAGE_MAPPER_STATE_DIR": state_dir}
+    env.update(extra)
+    return env
+
+
+def imagemap(name, items, ns="shop", created="2024-01-01T00:00:00Z", generation=1):
+    return {"apiVersion": "imagemapper.io/v1alpha1", "kind": "ImageMap",
+            "metadata": {"name": name, "namespace": ns, "uid": f"uid-{ns}-{name}", "generation": generation,
+                         "creationTimestamp": created},
+            "spec": {"map": items}}
+
+
+def mapfile(name, text, ns=OPNS):
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns, "uid": f"cm-{name}",
+                         "labels": {"imagemapper.io/map-file": "true"}},
+            "data": {"maps": text}}
+
+
+def webhook_configuration(policy=None):
+    hook_entry = {"name": MUTATE, "clientConfig": {}, "admissionReviewVersions": ["v1"], "sideEffects": "None"}
+    if policy:
+        hook_entry["reinvocationPolicy"] = policy
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "image-mapper-hooks"}, "webhooks": [hook_entry]}
+
+
+def pod(images: dict, ns="shop", labels=None, annotations=None, init=None, name="web"):
+    meta = {"name": name, "namespace": ns}
+    if labels:
+        meta["labels"] = labels
+    if annotations:
+        meta["annotations"] = annotations
+    spec = {"containers": [{"name": n, "image": i} for n, i in images.items()]}
+    if init:
+        spec["initContainers"] = [{"name": n, "image": i} for n, i in init.items()]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def pod_request(obj, operation="CREATE", old=None, sub=None):
+    req = {"uid": "req-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+           "resource": {"group": "", "version": "v1", "resource": "pods"},
+           "namespace": obj["metadata"]["namespace"], "name": obj["metadata"].get("name", ""),
+           "operation": operation, "userInfo": {"username": "test"}, "object": obj, "oldObject": old}
+    if sub:
+        req["subResource"] = sub
+    return req
+
+
+def images_of(obj):
+    spec = obj["spec"]
+    return [c["image"] for key in ("initContainers", "containers", "ephemeralContainers") for c in spec.get(key, [])]
+
+
+@pytest.fixture
+def state(tmp_path):
+    return str(tmp_path / "state")
+
+
+@pytest.fixture
+def synced(state):
+    """A cluster with ImageMaps and map files, after the sync hook's Synchronization."""
+    cluster = Cluster([
+        imagemap("team", [{"from": "nginx", "to": "registry.corp/hub/nginx"},
+                          {"from": "quay.io/jetstack/*", "to": "registry.corp/jetstack/*"}]),
+        mapfile("cluster-map", "default::mirror.corp\ndocker.io::mirror.corp/hub\n"),
+        mapfile("shop-map", "default::\ngcr.io::shop.corp/gcr\n", ns="shop"),
+        webhook_configuration(),
+    ])
+    operator = Operator(hook("sync.py"), cluster=cluster, env=make_env(state))
+    operator.start()
+    runs = operator.drain()
+    assert runs and all(r.ok for r in runs), [str(r) for r in runs]
+    return operator
+
+
+def admit(state, request, **env):
+    return run_hook(hook("mutate.py"), [{"binding": MUTATE, "type": "Mutating", "review": {"request": request}}],
+                    make_env(state, **env))
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_exactly_three_hooks_with_valid_configs(state):
+    hooks = discover(HOOKS_DIR)
+    assert [h.name for h in hooks] == ["mutate.py", "sync.py", "validate.py"]
+    for h in hooks:
+        load_config(h, make_env(state))  # raises on schema or extra-check failures
+
+
+@pytest.mark.parametrize("variable,value", [("IMAGE_MAPPER_FAILURE_POLICY", "Sometimes"),
+                                            ("IMAGE_MAPPER_NAMESPACE_MODE", "maybe"),
+                                            ("IMAGE_MAPPER_TIMEOUT_SECONDS", "99"),
+                                            ("IMAGE_MAPPER_STATE_DIR", "relative/dir"),
+                                            ("IMAGE_MAPPER_MAP_NAMESPACE", "Not_A_Namespace")])
+def test_bad_setting_fails_config_naming_the_variable(state, variable, value):
+    for name in ("mutate.py", "validate.py", "sync.py"):
+        with pytest.raises(Exception) as err:
+            load_config(hook(name), make_env(state, **{variable: value}))
+        assert variable in str(err.value)
+
+
+def test_opt_out_and_opt_in_selectors(state):
+    webhook = load_config(hook("mutate.py"), make_env(state)).admission(MUTATE).raw
+    expressions = webhook["namespace"]["labelSelector"]["matchExpressions"]
+    assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [OPNS, "kube-system"]} in expressions
+    assert {"key": "imagemapper.io/mode", "operator": "NotIn", "values": ["disabled"]} in expressions
+    assert webhook["labelSelector"] == {"matchExpressions": [
+        {"key": "imagemapper.io/mode", "operator": "NotIn", "values": ["disabled"]}]}
+    opt_in = load_config(hook("mutate.py"), make_env(state, IMAGE_MAPPER_NAMESPACE_MODE="opt-in")).admission(MUTATE).raw
+    assert {"key": "imagemapper.io/mode", "operator": "In", "values": ["enabled"]} in \
+        opt_in["namespace"]["labelSelector"]["matchExpressions"]
+    ignore = load_config(hook("mutate.py"), make_env(state, IMAGE_MAPPER_FAILURE_POLICY="Ignore",
+                                                     IMAGE_MAPPER_TIMEOUT_SECONDS="5")).admission(MUTATE).raw
+    assert ignore["failurePolicy"] == "Ignore" and ignore["timeoutSeconds"] == 5
+    assert {r["operations"][0] for r in webhook["rules"]} == {"CREATE", "UPDATE"}
+    assert sorted(res for r in webhook["rules"] for res in r["resources"]) == ["pods", "pods/ephemeralcontainers"]
+
+
+# ----------------------------------------------------------------------------- mutate
+
+def test_pods_get_expected_images_and_second_pass_changes_nothing(synced, state):
+    obj = pod({"web": "nginx:1.25", "cm": "quay.io/jetstack/cert-manager:v1", "gcr": "gcr.io/x/y:1"},
+              init={"init": "busybox"})
+    result = admit(state, pod_request(obj))
+    assert result.ok, str(result)
+    assert result.admission["allowed"] is True and result.admission["patchType"] == "JSONPatch"
+    out = apply_admission(result.admission, obj)
+    assert images_of(out) == ["busybox", "registry.corp/hub/nginx:1.25", "registry.corp/jetstack/cert-manager:v1",
+                              "shop.corp/gcr/x/y:1"]  # busybox: the namespace file's default:: keeps it
+    originals = json.loads(out["metadata"]["annotations"]["imagemapper.io/original-images"])
+    assert originals == {"containers/web": "nginx:1.25", "containers/cm": "quay.io/jetstack/cert-manager:v1",
+                         "containers/gcr": "gcr.io/x/y:1"}
+    # reinvocation: the same object again
+    again = admit(state, pod_request(out))
+    assert again.ok and again.admission["allowed"] is True and "patch" not in again.admission
+    # UPDATE of the stored Pod (a label change): no double prefix
+    updated = copy.deepcopy(out)
+    updated["metadata"]["labels"] = {"tier": "web"}
+    update = admit(state, pod_request(updated, "UPDATE", old=out))
+    assert update.ok and "patch" not in update.admission
+
+
+def test_cluster_rules_in_another_namespace(synced, state):
+    obj = pod({"a": "nginx:1.25", "b": "gcr.io/x/y:1"}, ns="other")
+    out = apply_admission(admit(state, pod_request(obj)).admission, obj)
+    assert images_of(out) == ["mirror.corp/hub/nginx:1.25", "mirror.corp/x/y:1"]
+
+
+def test_ephemeral_container_update(synced, state):
+    obj = pod({"web": "registry.corp/hub/nginx:1"})
+    obj["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "busybox:1.36"}]
+    result = admit(state, pod_request(obj, "UPDATE", old=pod({"web": "registry.corp/hub/nginx:1"}),
+                                      sub="ephemeralcontainers"))
+    out = apply_admission(result.admission, obj)
+    assert out["spec"]["ephemeralContainers"][0]["image"] == "busybox:1.36"  # shop's default:: keeps it
+    other = pod({"web": "x.corp/a:1"}, ns="other")
+    other["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "busybox:1.36"}]
+    out = apply_admission(admit(state, pod_request(other, "UPDATE", sub="ephemeralcontainers")).admission, other)
+    assert out["spec"]["ephemeralContainers"][0]["image"] == "mirror.corp/hub/busybox:1.36"
+
+
+def test_invalid_image_is_admitted_with_a_warning(synced, state):
+    obj = pod({"bad": "Not A/Ref", "ok": "nginx"})
+    result = admit(state, pod_request(obj))
+    assert result.admission["allowed"] is True
+    assert any("containers/bad" in w for w in result.admission["warnings"])
+    assert images_of(apply_admission(result.admission, obj)) == ["Not A/Ref", "registry.corp/hub/nginx"]
+
+
+@pytest.mark.parametrize("policy,allowed", [("Fail", False), ("Ignore", True)])
+def test_missing_snapshot_follows_failure_policy(state, policy, allowed):
+    obj = pod({"web": "nginx"})
+    result = admit(state, pod_request(obj), IMAGE_MAPPER_FAILURE_POLICY=policy)
+    assert result.ok  # the hook itself never fails: shell-operator would say "Hook failed"
+    assert result.admission["allowed"] is allowed
+    if allowed:
+        assert "patch" not in result.admission and result.admission["warnings"]
+    else:
+        assert "snapshot" in result.admission["status"]["message"]
+
+
+def test_corrupt_snapshot_follows_failure_policy_and_sync_repairs_it(synced, state):
+    with open(os.path.join(state, "cluster.snap"), "wb") as handle:
+        handle.write(b"garbage")
+    obj = pod({"web": "nginx"}, ns="other")
+    assert admit(state, pod_request(obj)).admission["allowed"] is False
+    assert admit(state, pod_request(obj), IMAGE_MAPPER_FAILURE_POLICY="Ignore").admission["allowed"] is True
+    os.unlink(os.path.join(state, "cluster.snap"))
+    synced.cluster.apply(mapfile("another", "default::mirror.corp\n", ns="elsewhere"))  # any event
+    assert all(r.ok for r in synced.drain())
+    assert "patch" in admit(state, pod_request(obj)).admission
+
+
+def test_internal_error_follows_failure_policy(synced, state):
+    # a namespace that is not a string makes the snapshot lookup raise inside the hook
+    broken = [{"binding": MUTATE, "type": "Mutating", "review": {"request": {
+        "uid": "u", "operation": "CREATE", "namespace": 5, "object": {"spec": {}}}}}]
+    for policy, allowed in (("Fail", False), ("Ignore", True)):
+        result = run_hook(hook("mutate.py"), broken, make_env(state, IMAGE_MAPPER_FAILURE_POLICY=policy))
+        assert result.ok and result.admission["allowed"] is allowed
+        assert "internal error" in json.dumps(result.admission)
+
+
+def test_metrics_are_valid_and_counters_survive_runs(synced, state):
+    store = MetricsStore()
+    mutate = hook("mutate.py")
+    env = make_env(state)
+    for ns in ("shop", "shop", "other"):
+        obj = pod({"web": "nginx:1"}, ns=ns)
+        result = run_hook(mutate, [{"binding": MUTATE, "type": "Mutating", "review": {"request": pod_request(obj)}}],
+                          env, metrics=store)
+        assert result.ok, str(result)
+    text = store.render()
+    assert 'image_mapper_rewrites_total{hook="mutate.py",namespace="shop",source="namespace-imagemap"} 2' in text
+    assert 'image_mapper_rewrites_total{hook="mutate.py",namespace="other",source="cluster-mapfile"} 1' in text
+    assert 'image_mapper_admissions_total{hook="mutate.py",result="patched"} 3' in text
+
+
+# ----------------------------------------------------------------------------- sync
+
+def ready(cluster, name, ns="shop"):
+    conditions = cluster.get("ImageMap", name, ns).get("status", {}).get("conditions", [])
+    return next(c for c in conditions if c["type"] == "Ready")
+
+
+def test_status_events_and_readiness(synced, state):
+    cond = ready(synced.cluster, "team")
+    assert (cond["status"], cond["reason"]) == ("True", "Accepted")
+    assert synced.cluster.get("ImageMap", "team", "shop")["status"]["rules"] == 2
+    events = synced.cluster.list("Event")
+    assert any(e["involvedObject"]["name"] == "team" and e["reason"] == "Accepted" for e in events)
+    assert os.path.exists(os.path.join(state, "ready"))
+    # shell-operator cannot set reinvocationPolicy; the sync hook patched it in
+    webhook = synced.cluster.get("MutatingWebhookConfiguration", "image-mapper-hooks")
+    assert webhook["webhooks"][0]["reinvocationPolicy"] == "IfNeeded"
+    assert synced.pending() == []  # our own writes did not wake the hook again
+
+
+def test_conflict_then_fix_flips_status_on_next_sync(synced):
+    cluster = synced.cluster
+    cluster.apply(imagemap("late", [{"from": "nginx", "to": "other.corp/nginx"}], created="2025-01-01T00:00:00Z"))
+    assert all(r.ok for r in synced.drain())
+    cond = ready(cluster, "late")
+    assert (cond["status"], cond["reason"]) == ("False", "Conflict")
+    assert 'ImageMap "team"' in cond["message"]
+    assert any(e["reason"] == "Conflict" and e["type"] == "Warning" for e in cluster.list("Event"))
+    fixed = cluster.get("ImageMap", "team", "shop")
+    fixed["spec"]["map"] = [{"from": "redis", "to": "registry.corp/hub/redis"}]
+    fixed["metadata"]["generation"] = 2
+    cluster.apply(fixed)
+    assert all(r.ok for r in synced.drain())
+    cond = ready(cluster, "late")
+    assert (cond["status"], cond["reason"]) == ("True", "Accepted")
+    assert cluster.get("ImageMap", "team", "shop")["status"]["observedGeneration"] == 2
+
+
+def test_second_sync_on_unchanged_input_writes_no_status(synced):
+    binding = synced.config.kube("imagemaps")
+    context = synced.render([shellop.BindingContext("imagemaps", "kubernetes", type="Event",
+                                                    group=binding.group,
+                                                    include_snapshots=binding.include_snapshots)])
+    assert context[0]["type"] == "Group" and len(context[0]["snapshots"]["imagemaps"]) == 1
+    result = run_hook(synced.hook, context, synced.env)
+    assert result.ok, str(result)
+    assert [op for op in result.patch_operations if op["operation"] == "MergePatch"] == []
+    assert [op for op in result.patch_operations if op["operation"].startswith("Create")] == []
+
+
+def test_bad_map_file_lines_become_events(synced):
+    synced.cluster.apply(mapfile("broken", "default::m.corp\nthis line is wrong\n", ns="shop2"))
+    assert all(r.ok for r in synced.drain())
+    events = [e for e in synced.cluster.list("Event") if e["involvedObject"]["kind"] == "ConfigMap"]
+    assert events and "line 2" in events[0]["message"]
+
+
+# ----------------------------------------------------------------------------- validate
+
+def test_validate_hook_denies_invalid_and_conflicting_imagemaps(synced, state):
+    validator = Operator(hook("validate.py"), cluster=synced.cluster, env=make_env(state))
+    bad = imagemap("bad", [{"from": "nginx", "to": "x.corp/nginx:1"}])
+    result = validator.admit("imagemaps.validate.imagemapper.io", {
+        "uid": "v1", "kind": {"group": "imagemapper.io", "version": "v1alpha1", "kind": "ImageMap"},
+        "resource": {"group": "imagemapper.io", "version": "v1alpha1", "resource": "imagemaps"},
+        "namespace": "shop", "operation": "CREATE", "object": bad})
+    assert result.admission["allowed"] is False and "spec.map[0]" in result.admission["status"]["message"]
+    conflict = imagemap("late", [{"from": "nginx", "to": "other.corp/nginx"}])
+    result = validator.admit("imagemaps.validate.imagemapper.io", {
+        "uid": "v2", "kind": {"group": "imagemapper.io", "version": "v1alpha1", "kind": "ImageMap"},
+        "resource": {"group": "imagemapper.io", "version": "v1alpha1", "resource": "imagemaps"},
+        "namespace": "shop", "operation": "CREATE", "object": conflict})
+    assert result.admission["allowed"] is False and 'ImageMap "team"' in result.admission["status"]["message"]
+    cm = mapfile("m", "default::x.corp\nnot valid\n", ns="shop")
+    result = validator.admit("mapfiles.validate.imagemapper.io", {
+        "uid": "v3", "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+        "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+        "namespace": "shop", "operation": "CREATE", "object": cm})
+    assert result.admission["allowed"] is False and "line 2" in result.admission["status"]["message"]
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+images = st.sampled_from(["nginx", "nginx:1.25", "quay.io/jetstack/x:1", "gcr.io/a/b@sha256:" + "a" * 64,
+                          "registry.corp/hub/nginx", "", "UPPER/Case", "[::1]:5000/x"]) | text
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | text,
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+                           max_leaves=6)
+containers = st.lists(st.fixed_dictionaries({"name": text, "image": images}) | json_values, max_size=4)
+pods = st.fixed_dictionaries({
+    "apiVersion": st.just("v1"), "kind": st.just("Pod"),
+    "metadata": st.fixed_dictionaries({"name": text}, optional={
+        "namespace": st.sampled_from(["shop", "other"]),
+        "annotations": st.dictionaries(st.sampled_from(["imagemapper.io/original-images", "x"]),
+                                       text | st.just('{"containers/a":"b"}'), max_size=2),
+        "labels": st.dictionaries(text, text, max_size=2)}),
+    "spec": st.fixed_dictionaries({}, optional={
+        "containers": containers, "initContainers": containers, "ephemeralContainers": containers,
+        "volumes": st.lists(st.fixed_dictionaries({"name": text, "image": st.fixed_dictionaries(
+            {"reference": images})}) | json_values, max_size=2)}) | json_values,
+})
+requests = st.fixed_dictionaries({
+    "uid": text, "kind": st.just({"group": "", "version": "v1", "kind": "Pod"}),
+    "namespace": st.sampled_from(["shop", "other", ""]),
+    "operation": st.sampled_from(["CREATE", "UPDATE", "DELETE", "CONNECT"]),
+    "object": pods | json_values,
+}, optional={"subResource": st.sampled_from(["ephemeralcontainers", "status", ""]), "oldObject": json_values})
+
+
+@pytest.fixture(scope="module")
+def fuzz_state(tmp_path_factory):
+    state = str(tmp_path_factory.mktemp("fuzz") / "state")
+    cluster = Cluster([imagemap("team", [{"from": "nginx", "to": "registry.corp/hub/nginx"}]),
+                       mapfile("cluster-map", "default::mirror.corp\n")])
+    operator = Operator(hook("sync.py"), cluster=cluster, env=make_env(state))
+    operator.start()
+    assert all(r.ok for r in operator.drain())
+    return state
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(requests)
+def test_fuzz_mutate_hook_process(fuzz_state, request):
+    result = admit(fuzz_state, request)
+    assert result.exit_code == 0 and result.ok, str(result)
+    response = result.admission
+    assert response["allowed"] in (True, False)
+    if "patch" in response:
+        apply_admission(response, request["object"])  # raises if the patch does not apply
