@@ -311,25 +311,29 @@ def test_bad_map_file_lines_become_events(synced):
 
 # ----------------------------------------------------------------------------- validate
 
+def validation_request(obj: dict) -> dict:
+    """The AdmissionRequest of a CREATE of ``obj`` (an ImageMap or a ConfigMap)."""
+    group, _, version = obj["apiVersion"].rpartition("/")
+    resource = obj["kind"].lower() + "s"
+    return {"uid": f"v-{obj['metadata']['name']}", "namespace": obj["metadata"]["namespace"],
+            "kind": {"group": group, "version": version, "kind": obj["kind"]},
+            "resource": {"group": group, "version": version, "resource": resource},
+            "operation": "CREATE", "object": obj}
+
+
 def test_validate_hook_denies_invalid_and_conflicting_imagemaps(synced, state):
     validator = Operator(hook("validate.py"), cluster=synced.cluster, env=make_env(state))
+    imagemaps, mapfiles = "imagemaps.validate.imagemapper.io", "mapfiles.validate.imagemapper.io"
     bad = imagemap("bad", [{"from": "nginx", "to": "x.corp/nginx:1"}])
-    result = validator.admit("imagemaps.validate.imagemapper.io", {
-        "uid": "v1", "kind": {"group": "imagemapper.io", "version": "v1alpha1", "kind": "ImageMap"},
-        "resource": {"group": "imagemapper.io", "version": "v1alpha1", "resource": "imagemaps"},
-        "namespace": "shop", "operation": "CREATE", "object": bad})
+    result = validator.admit(imagemaps, validation_request(bad))
     assert result.admission["allowed"] is False and "spec.map[0]" in result.admission["status"]["message"]
     conflict = imagemap("late", [{"from": "nginx", "to": "other.corp/nginx"}])
-    result = validator.admit("imagemaps.validate.imagemapper.io", {
-        "uid": "v2", "kind": {"group": "imagemapper.io", "version": "v1alpha1", "kind": "ImageMap"},
-        "resource": {"group": "imagemapper.io", "version": "v1alpha1", "resource": "imagemaps"},
-        "namespace": "shop", "operation": "CREATE", "object": conflict})
+    result = validator.admit(imagemaps, validation_request(conflict))
     assert result.admission["allowed"] is False and 'ImageMap "team"' in result.admission["status"]["message"]
+    fine = imagemap("fine", [{"from": "redis", "to": "x.corp/redis"}])
+    assert validator.admit(imagemaps, validation_request(fine)).admission["allowed"] is True
     cm = mapfile("m", "default::x.corp\nnot valid\n", ns="shop")
-    result = validator.admit("mapfiles.validate.imagemapper.io", {
-        "uid": "v3", "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
-        "resource": {"group": "", "version": "v1", "resource": "configmaps"},
-        "namespace": "shop", "operation": "CREATE", "object": cm})
+    result = validator.admit(mapfiles, validation_request(cm))
     assert result.admission["allowed"] is False and "line 2" in result.admission["status"]["message"]
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 from imagemapper.reference import (
     InvalidReference,
     Reference,
+    is_valid,
     split_domain,
     valid_domain,
     valid_path,
@@ -178,7 +179,7 @@ def _classify_exact(ref: str, value: str) -> tuple[str, str, str | None]:
         norm = str(parse_reference(ref))
     except InvalidReference as exc:
         return "exact", ref, "[EXACT] key: " + str(exc)
-    if value and not _parses(value):
+    if value and not is_valid(value):
         return "exact", norm, "[EXACT] value must be empty or a full image reference"
     return "exact", norm, None
 
@@ -205,27 +206,19 @@ def _prefix_value_error(value: str) -> str | None:
     if not value:
         return None
     if value.endswith("-"):
-        if _parses(value + "docker.io/x"):
+        if is_valid(value + "docker.io/x"):
             return None
         return "a value ending in '-' must give a valid image name when a registry is appended"
-    if _parses(value + "/x"):
+    if is_valid(value + "/x"):
         return None
     return "value must be empty, a registry, registry/path or Docker Hub namespace"
 
 
 def _replace_value_error(value: str) -> str | None:
     base = value.rstrip("/")
-    if not value or (base and _parses(base + "/x")):
+    if not value or (base and is_valid(base + "/x")):
         return None
     return "[REPLACE] value must be empty, a registry, registry/path or Docker Hub namespace"
-
-
-def _parses(s: str) -> bool:
-    try:
-        parse_reference(s)
-    except InvalidReference:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------- compiling
