@@ -387,3 +387,27 @@ def test_fuzz_mutate_hook_process(fuzz_state, request):
     assert response["allowed"] in (True, False)
     if "patch" in response:
         apply_admission(response, request["object"])  # raises if the patch does not apply
+
+
+def test_mutate_hot_path_imports_stay_small(synced, state):
+    """The per-Pod process must not pull in re, enum, json, typing or os (see docs/design.md)."""
+    import subprocess
+
+    obj = pod({"web": "nginx:1", "b": "gcr.io/a/b:1"})
+    context = [{"binding": MUTATE, "type": "Mutating", "review": {"request": pod_request(obj)}}]
+    directory = os.path.dirname(state)
+    paths = {name: os.path.join(directory, name.lower()) for name in
+             ("BINDING_CONTEXT_PATH", "ADMISSION_RESPONSE_PATH", "METRICS_PATH", "KUBERNETES_PATCH_PATH")}
+    with open(paths["BINDING_CONTEXT_PATH"], "w") as handle:
+        json.dump(context, handle)
+    env = {**make_env(state), **paths, "VALIDATING_RESPONSE_PATH": paths["ADMISSION_RESPONSE_PATH"]}
+    script = os.path.join(HOOKS_DIR, "mutate.py")
+    with open(script) as handle:
+        interpreter = handle.readline()[2:].split()   # exactly the shebang: python3 -S
+    out = subprocess.run([*interpreter, "-X", "importtime", script], env=env, capture_output=True,
+                         text=True, check=True)
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "imagemapper.rules" in imported  # the profile is real
+    assert imported.isdisjoint({"re", "enum", "json", "typing", "os", "yaml", "jsonpatch", "site"}), sorted(imported)
+    with open(paths["ADMISSION_RESPONSE_PATH"]) as handle:
+        assert "patch" in json.load(handle)  # and the hook really ran
