@@ -362,6 +362,14 @@ Method, in short:
 
 {table(fig)}
 
+Before and after, for the import profile. The first version of the hook ran under
+`#!/usr/bin/env python3` and imported `json` and `os`. The same interpreter's
+`-X importtime` then showed `site` at 3.6 ms, `json` at 8.0 ms (of which `re` 5.3 ms and
+`enum` 3.6 ms) and `os` at 0.8 ms, against 7-9 ms for a bare `python3 -c pass`. The table
+above is after `-S`, the `_json` scanner (`fastjson`), `posix` in place of `os`
+(`rawio`), and `marshal` snapshots. Importing any of those modules again fails
+`tests/test_hooks.py::test_mutate_hot_path_imports_stay_small`.
+
 {e2e_section or "(End-to-end figures: run `make bench-long`.)"}
 
 {scale_note(fig)}"""
