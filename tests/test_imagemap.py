@@ -140,6 +140,13 @@ def test_same_age_tie_broken_by_name():
     assert resolve_namespace([a, b])["beta"].reason == "Conflict"
 
 
+def test_duplicates_with_differently_spelled_targets_are_identical():
+    verdicts = resolve_namespace([imap("a", [{"from": "nginx", "to": "docker.io/library/mirror"}]),
+                                  imap("b", [{"from": "docker.io/library/nginx", "to": "mirror"}],
+                                       created="2025-01-01T00:00:00Z")])
+    assert verdicts["a"].ready and verdicts["b"].ready
+
+
 def test_namespaces_never_conflict():
     a = imap("a", [{"from": "input", "to": "x.io/a"}], ns="one")
     b = imap("b", [{"from": "input", "to": "x.io/b"}], ns="two")

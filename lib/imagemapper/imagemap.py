@@ -286,7 +286,7 @@ class _Accepted:
         """Explain why ``entries`` cannot join, or return None."""
         for entry in entries:
             found = self.by_from.get(entry.from_range)
-            if found and found[0].to != entry.to:
+            if found and found[0].to_range != entry.to_range:  # spellings of one target agree
                 other, owner = found
                 return (f"{entry.label()} maps {entry.key!r} to {_describe_to(entry)} but "
                         f"{_owner_text(owner, self_name)} {other.label()} maps it to "
