@@ -90,6 +90,17 @@ def test_next_build_repairs_a_deleted_or_corrupt_snapshot(tmp_path):
     assert ns_doc is not None and cluster_doc["mapfiles"]
 
 
+def test_next_build_repairs_files_overwritten_behind_its_back(tmp_path):
+    maps, cms = sample()
+    compiler.build(str(tmp_path), maps, cms, OPNS)
+    (tmp_path / snapshot.CLUSTER).write_bytes(b"garbage")
+    (tmp_path / "ns" / "ns1.snap").write_bytes(b"garbage!")
+    result = compiler.build(str(tmp_path), maps, cms, OPNS)
+    assert result.recompiled == ["ns1"]
+    ns_doc, cluster_doc = snapshot.load_for_namespace(str(tmp_path), "ns1")
+    assert ns_doc["imagemaps"] and cluster_doc["mapfiles"]
+
+
 def test_invalid_namespace_names_never_touch_other_paths(tmp_path):
     for bad in ["../etc", "a/b", "", "UPPER", "x" * 64]:
         with pytest.raises(snapshot.SnapshotError):

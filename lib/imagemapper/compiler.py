@@ -168,18 +168,26 @@ def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
     return result
 
 
+def _file_stamp(path: str) -> list | None:
+    """(size, mtime) of a file we wrote, so that a file changed behind our back
+    (deleted, truncated, overwritten) is rewritten on the next sync."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
 def _build_namespace(state_dir: str, namespace: str, maps: list, cms: list,
                      previous: dict | None, result: Result) -> dict:
     key = _namespace_key(maps, cms)
     doc_path = snapshot.namespace_path(state_dir, namespace)
-    fresh = previous and previous.get("hash") == key and (
-        not previous.get("rules") or os.path.exists(doc_path))
-    if fresh:
+    if previous and previous.get("hash") == key and previous.get("stamp") == _file_stamp(doc_path):
         entry = previous
     else:
         doc, verdicts, diags, rules = compile_namespace(namespace, maps, cms)
         _store(doc_path, doc)
-        entry = {"hash": key, "rules": rules, "verdicts": verdicts,
+        entry = {"hash": key, "rules": rules, "verdicts": verdicts, "stamp": _file_stamp(doc_path),
                  "diagnostics": [[k[1], v] for k, v in diags.items()]}
         result.recompiled.append(namespace)
     for name, verdict in entry["verdicts"].items():
@@ -193,13 +201,13 @@ def _build_namespace(state_dir: str, namespace: str, maps: list, cms: list,
 def _build_cluster(state_dir: str, cms: list, previous: dict, result: Result) -> dict:
     key = _digest(sorted([c.name, c.data] for c in cms))
     path = os.path.join(state_dir, snapshot.CLUSTER)
-    if previous.get("hash") == key and os.path.exists(path):
+    if previous.get("hash") == key and previous.get("stamp") == _file_stamp(path):
         entry = previous
     else:
         doc, diags, rules = compile_cluster(cms)
         snapshot.write_doc(path, {"generation": key, **doc})
         entry = {"hash": key, "rules": rules, "diagnostics": [[k[1], v] for k, v in diags.items()],
-                 "namespace": cms[0].namespace if cms else ""}
+                 "namespace": cms[0].namespace if cms else "", "stamp": _file_stamp(path)}
     for cm_name, diags in entry["diagnostics"]:
         result.diagnostics[(entry.get("namespace", ""), cm_name)] = diags
     result.rules["cluster"] = entry["rules"]
