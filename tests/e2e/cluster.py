@@ -272,13 +272,26 @@ class Process:
                 f"log {self.log_path}:\n{self.tail()}"
             )
 
+    def kill(self) -> None:
+        """SIGKILL the process group at once, as a crash or an OOM kill would."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self._signal(signal.SIGKILL)
+        self.popen.wait(10)
+
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM the process group we created (hook children too), then SIGKILL."""
+        """SIGTERM the process, then SIGKILL the process group we created.
+
+        Only the process itself gets SIGTERM, as a container runtime signals PID 1:
+        hook processes still running finish their work (a SIGTERMed admission hook
+        would turn into "Hook failed") and are killed with the group afterwards.
+        """
         if self.stopped:
             return
         self.stopped = True
         if self.popen.poll() is None:
-            self._signal(signal.SIGTERM)
+            self.popen.terminate()
             try:
                 self.popen.wait(grace)
             except subprocess.TimeoutExpired:
@@ -604,6 +617,10 @@ class ControlPlane:
             # invalid anyway, so do not reconcile it.
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            # Image volumes (spec.volumes[*].image) are beta and off by default in 1.34;
+            # without the gate the API server silently drops such volumes, and the
+            # webhook could not be shown to rewrite them.
+            "--feature-gates=ImageVolume=true",
         ]
 
     def _start_apiserver(self) -> None:
@@ -794,6 +811,7 @@ class ControlPlane:
         metrics_port: int | None = None,
         create_service: bool = True,
         log_level: str = "info",
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> ShellOperator:
         """Run shell-operator on `hooks_dir` against this control plane.
 
@@ -808,6 +826,8 @@ class ControlPlane:
           appends "-hooks"); defaults to a unique name per run.
         - env: extra environment for shell-operator and therefore for every hook;
           it overrides the settings made here.
+        - tls: (cert, key, ca) files to serve instead of a certificate issued from
+          the control plane CA (for example the material of the bundle's Secret).
         Call .wait_ready() on the result before sending requests; .stop() (or the end
         of the control plane) stops it.
         """
@@ -820,17 +840,21 @@ class ControlPlane:
         tmp_dir = run_dir / "tmp"
         tmp_dir.mkdir(parents=True)
         fqdn = f"{service_name}.{namespace}.svc"
-        cert, key = self.pki.issue(
-            f"webhook-{run_id}",
-            fqdn,
-            dns=(
+        if tls:
+            cert, key, ca_file = tls
+        else:
+            ca_file = self.ca_file
+            cert, key = self.pki.issue(
+                f"webhook-{run_id}",
                 fqdn,
-                f"{fqdn}.cluster.local",
-                f"{service_name}.{namespace}",
-                "localhost",
-            ),
-            ips=("127.0.0.1",),
-        )
+                dns=(
+                    fqdn,
+                    f"{fqdn}.cluster.local",
+                    f"{service_name}.{namespace}",
+                    "localhost",
+                ),
+                ips=("127.0.0.1",),
+            )
         if self.kubectl("get", "namespace", namespace, check=False).returncode != 0:
             self.create_namespace(namespace)
         if create_service:
@@ -852,7 +876,7 @@ class ControlPlane:
             "VALIDATING_WEBHOOK_CONFIGURATION_NAME": configuration_name,
             "VALIDATING_WEBHOOK_SERVER_CERT": str(cert),
             "VALIDATING_WEBHOOK_SERVER_KEY": str(key),
-            "VALIDATING_WEBHOOK_CA": str(self.ca_file),
+            "VALIDATING_WEBHOOK_CA": str(ca_file),
             "VALIDATING_WEBHOOK_LISTEN_ADDRESS": listen_address,
             "VALIDATING_WEBHOOK_LISTEN_PORT": str(listen_port),
             # Unused here, but its defaults are 0.0.0.0 and /conversion-certs.
@@ -882,7 +906,7 @@ class ControlPlane:
             listen_port=listen_port,
             metrics_port=metrics_port,
             tmp_dir=tmp_dir,
-            ca_file=self.ca_file,
+            ca_file=Path(ca_file),
         )
         self.operators.append(operator)
         return operator
