@@ -6,36 +6,15 @@ server calls it after ours; image-mapper must be reinvoked (reinvocationPolicy
 IfNeeded) to relocate the sidecar. It knows nothing of image-mapper on purpose.
 """
 
-import base64
-import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hookkit import mutating_config, serve
 
 NAME = "sidecar.e2e.imagemapper.io"
 NAMESPACE_LABEL = "sidecar.e2e.imagemapper.io/inject"
 SIDECAR = {"name": "injected-sidecar", "image": "busybox:1.36"}
-
-CONFIG = {
-    "configVersion": "v1",
-    "kubernetesMutating": [
-        {
-            "name": NAME,
-            "namespace": {"labelSelector": {"matchLabels": {NAMESPACE_LABEL: "true"}}},
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "apiVersions": ["v1"],
-                    "operations": ["CREATE"],
-                    "resources": ["pods"],
-                    "scope": "Namespaced",
-                }
-            ],
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "timeoutSeconds": 10,
-        }
-    ],
-}
 
 
 def patch_for(pod: dict) -> list[dict]:
@@ -46,19 +25,5 @@ def patch_for(pod: dict) -> list[dict]:
     return [{"op": "add", "path": "/spec/containers/-", "value": SIDECAR}]
 
 
-def main() -> None:
-    if sys.argv[1:] == ["--config"]:
-        print(json.dumps(CONFIG))
-        return
-    with open(os.environ["BINDING_CONTEXT_PATH"]) as f:
-        context = json.load(f)[0]
-    response: dict = {"allowed": True}
-    ops = patch_for(context["review"]["request"]["object"])
-    if ops:
-        response["patch"] = base64.b64encode(json.dumps(ops).encode()).decode()
-    with open(os.environ["ADMISSION_RESPONSE_PATH"], "w") as f:
-        json.dump(response, f)
-
-
 if __name__ == "__main__":
-    main()
+    serve(mutating_config(NAME, NAMESPACE_LABEL), patch_for)

@@ -5,35 +5,15 @@ It knows nothing of image-mapper on purpose: if the e2e smoke test fails, the
 environment is broken, not the product.
 """
 
-import base64
-import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hookkit import mutating_config, serve
 
 NAME = "smoke.e2e.imagemapper.io"
 NAMESPACE_LABEL = "smoke.e2e.imagemapper.io/enabled"
 POD_LABEL = "smoke.e2e.imagemapper.io/mutated"
-
-CONFIG = {
-    "configVersion": "v1",
-    "kubernetesMutating": [
-        {
-            "name": NAME,
-            "namespace": {"labelSelector": {"matchLabels": {NAMESPACE_LABEL: "true"}}},
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "apiVersions": ["v1"],
-                    "operations": ["CREATE"],
-                    "resources": ["pods"],
-                    "scope": "Namespaced",
-                }
-            ],
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 10,
-        }
-    ],
-}
 
 
 def patch_for(pod: dict) -> list[dict]:
@@ -44,17 +24,5 @@ def patch_for(pod: dict) -> list[dict]:
     return [{"op": "add", "path": f"/metadata/labels/{key}", "value": "true"}]
 
 
-def main() -> None:
-    if sys.argv[1:] == ["--config"]:
-        print(json.dumps(CONFIG))
-        return
-    with open(os.environ["BINDING_CONTEXT_PATH"]) as f:
-        context = json.load(f)[0]
-    pod = context["review"]["request"]["object"]
-    patch = base64.b64encode(json.dumps(patch_for(pod)).encode()).decode()
-    with open(os.environ["ADMISSION_RESPONSE_PATH"], "w") as f:
-        json.dump({"allowed": True, "patch": patch}, f)
-
-
 if __name__ == "__main__":
-    main()
+    serve(mutating_config(NAME, NAMESPACE_LABEL), patch_for)
