@@ -17,7 +17,6 @@ from imagemapper.imagemap import MapInput
 from imagemapper.rules import merge_targets
 
 INDEX = "index.json"
-MAP_FILE_LABEL = "imagemapper.io/map-file"
 
 
 class MapFileInput:
