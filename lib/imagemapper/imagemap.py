@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from imagemapper.reference import (
     InvalidReference,
+    name_prefixes,
     parse,
     split_domain,
     valid_domain,
@@ -137,17 +138,6 @@ def _repo_entry(index: int, name: str, raw_from: str, raw_to: str | None) -> Ent
 
 # ----------------------------------------------------------------------------- ranges
 
-def _ancestors(name: str) -> list[str]:
-    """``a/b/c`` -> ``["a/b/c", "a/b", "a"]``: every prefix on component boundaries."""
-    out = [name]
-    cut = name.rfind("/")
-    while cut > 0:
-        name = name[:cut]
-        out.append(name)
-        cut = name.rfind("/")
-    return out
-
-
 class RangeIndex:
     """Finds an owner whose range of images intersects a given range.
 
@@ -172,7 +162,7 @@ class RangeIndex:
             self.repos.setdefault(key, owner)
         else:
             self.prefixes.setdefault(key, owner)
-        ancestors = _ancestors(name)
+        ancestors = name_prefixes(name)
         # Something lies strictly below every proper ancestor; a prefix also covers itself.
         below = self.below
         for anc in ancestors if kind == PREFIX else ancestors[1:]:
@@ -190,7 +180,7 @@ class RangeIndex:
         if hit is not None or not self.prefixes:
             return hit
         # Prefixes cover names strictly below them; equal prefixes overlap too.
-        ancestors = _ancestors(name)
+        ancestors = name_prefixes(name)
         for anc in ancestors if kind == PREFIX else ancestors[1:]:
             hit = self.prefixes.get(anc)
             if hit is not None:
@@ -409,7 +399,7 @@ def lookup(layer: dict, ref) -> tuple[str | None, str] | None:
     if not prefixes:
         return None
     name = ref.name
-    for anc in _ancestors(name)[1:]:
+    for anc in name_prefixes(name)[1:]:
         hit = prefixes.get(anc)
         if hit is not None:
             if hit[0] is None:

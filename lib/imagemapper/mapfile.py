@@ -42,6 +42,7 @@ from imagemapper.reference import (
     Reference,
     is_valid,
     split_domain,
+    split_port,
     valid_domain,
     valid_path,
 )
@@ -307,7 +308,7 @@ def _value_targets(value: str, key: str | None, out: dict[str, set[str]]) -> Non
     out["prefix"].add(prefix)
     if key is None:
         return
-    if not _split_port(key.partition("/")[0])[1] and _bare_registry(value):
+    if not split_port(key.partition("/")[0])[1] and _bare_registry(value):
         out["strprefix"].add(value + ":")  # port fallback keeps the image's port
     if "/" in key and "/" in value:
         name = parse_reference(value).name  # an image named exactly like the key
@@ -363,7 +364,7 @@ def lookup(layer: dict, ref: Reference, raw: str) -> tuple[str | None, str] | No
     value, rule = default
     if not value:
         return None, rule
-    host = _split_port(ref.domain)[0]
+    host = split_port(ref.domain)[0]
     path = _drop_library(ref.domain, ref.path)
     if value.endswith("-"):
         return _checked(value + host.lower() + "/" + path + ref.suffix, rule)
@@ -384,7 +385,7 @@ def _lookup_replace(replace: list, ref: Reference, raw: str) -> tuple[str | None
 
 
 def _lookup_keys(keys: dict, ref: Reference) -> tuple[str | None, str] | None:
-    host, port = _split_port(ref.domain)
+    host, port = split_port(ref.domain)
     domain = ref.domain
     hit = _longest(keys, domain, ref.path)
     if hit is None and port:
@@ -423,14 +424,6 @@ def _longest(keys: dict, domain: str, path: str) -> tuple[str | None, list] | No
     if hit is not None:
         return None, hit
     return None
-
-
-def _split_port(domain: str) -> tuple[str, str]:
-    """``host:port`` -> (host, port); an IPv6 literal's colons are not a port."""
-    if domain.endswith("]") or ":" not in domain:
-        return domain, ""
-    host, _, port = domain.rpartition(":")
-    return host, port
 
 
 def _drop_library(domain: str, path: str) -> str:

@@ -243,6 +243,28 @@ def valid_digest(s: str) -> bool:
     return isinstance(s, str) and _digest_error(s) is None
 
 
+def name_prefixes(name: str) -> list[str]:
+    """``a/b/c`` -> ``["a/b/c", "a/b", "a"]``: the name cut at each path boundary.
+
+    Rule lookups and overlap checks walk these, longest first.
+    """
+    out = [name]
+    cut = name.rfind("/")
+    while cut > 0:
+        name = name[:cut]
+        out.append(name)
+        cut = name.rfind("/")
+    return out
+
+
+def split_port(domain: str) -> tuple[str, str]:
+    """``host:port`` -> (host, port); an IPv6 literal's colons are not a port."""
+    if domain.endswith("]") or ":" not in domain:
+        return domain, ""
+    host, _, port = domain.rpartition(":")
+    return host, port
+
+
 def parse(s: str) -> Reference:
     """Parse and normalize ``s``; raise :class:`InvalidReference` if docker would refuse it."""
     if not isinstance(s, str):

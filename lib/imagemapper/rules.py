@@ -12,7 +12,7 @@ each lookup module only when a layer of its kind applies to the Pod's namespace.
 
 from __future__ import annotations
 
-from imagemapper.reference import InvalidReference, parse
+from imagemapper.reference import InvalidReference, name_prefixes, parse, split_port
 
 
 class Decision:
@@ -49,15 +49,6 @@ def merge_targets(*many: dict) -> dict:
     return out
 
 
-def _component_prefixes(name: str) -> list[str]:
-    out = []
-    cut = len(name)
-    while cut > 0:
-        out.append(name[:cut])
-        cut = name.rfind("/", 0, cut)
-    return out
-
-
 def under_targets(ref, targets: dict) -> str | None:
     """Return the target an image already lies under, or None.
 
@@ -74,11 +65,11 @@ def under_targets(ref, targets: dict) -> str | None:
     prefixes = targets["prefix"]
     if prefixes:
         names = [name]
-        host = ref.domain.rsplit(":", 1)[0] if ref.domain.rfind(":") > ref.domain.rfind("]") else ""
-        if host:
+        host, port = split_port(ref.domain)
+        if port:
             names.append(host + name[len(ref.domain):])
         for candidate in names:
-            for prefix in _component_prefixes(candidate):
+            for prefix in name_prefixes(candidate):
                 if prefix in prefixes:
                     return prefix
     strprefixes = targets["strprefix"]
