@@ -70,12 +70,21 @@ def load_imagemaps(paths: list[str], namespace: str) -> list[MapInput]:
         for position, doc in enumerate(_yaml_docs(path, _read(path))):
             if not isinstance(doc, dict) or doc.get("kind") != "ImageMap":
                 raise UsageError(f"{path}: document {position + 1} is not an ImageMap")
-            imap = MapInput.from_object(doc)
-            imap.namespace = imap.namespace or namespace
-            imap.name = imap.name or f"{path}#{position + 1}"
-            imap.created = imap.created or f"{position:08d}"  # file order decides among new maps
-            maps.append(imap)
+            maps.append(_file_imagemap(doc, position, namespace, f"{path}#{position + 1}"))
     return maps
+
+
+def _file_imagemap(doc: dict, position: int, namespace: str, name: str) -> MapInput:
+    """An ImageMap read from a file; missing metadata gets defaults.
+
+    Maps without a creationTimestamp are ordered by their position in the file, so the
+    first of two conflicting new maps wins, as the older one would in a cluster.
+    """
+    imap = MapInput.from_object(doc)
+    imap.namespace = imap.namespace or namespace
+    imap.name = imap.name or name
+    imap.created = imap.created or f"{position:08d}"
+    return imap
 
 
 def _map_files(paths: list[str], namespace: str) -> list[compiler.MapFileInput]:
@@ -195,11 +204,7 @@ def _check_objects(path: str, docs: list[dict]) -> tuple[list[str], list[str]]:
     maps = []
     for position, doc in enumerate(docs):
         if doc.get("kind") == "ImageMap":
-            imap = MapInput.from_object(doc)
-            imap.namespace = imap.namespace or "default"
-            imap.name = imap.name or f"document {position + 1}"
-            imap.created = imap.created or f"{position:08d}"
-            maps.append(imap)
+            maps.append(_file_imagemap(doc, position, "default", f"document {position + 1}"))
         elif doc.get("kind") == "ConfigMap":
             cm = compiler.MapFileInput.from_object(doc)
             for source, text in cm.files():

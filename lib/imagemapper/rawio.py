@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import posix
 
-O_RDONLY = posix.O_RDONLY
+_environ: dict[str, str] | None = None
 
 
 def environ() -> dict[str, str]:
-    """The process environment as text (``os.environ`` without importing ``os``)."""
-    return {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
-            for k, v in posix.environ.items()}
+    """The process environment as text (``os.environ`` without importing ``os``).
+
+    Decoded once per process: a hook reads it for its settings and for each file it
+    writes, and nothing changes it in between.
+    """
+    global _environ
+    if _environ is None:
+        _environ = {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+                    for k, v in posix.environ.items()}
+    return _environ
 
 
 def exists(path: str) -> bool:

@@ -8,6 +8,7 @@ not later on some Pod.
 from __future__ import annotations
 
 from imagemapper import rawio
+from imagemapper.snapshot import valid_namespace
 
 MODE_LABEL = "imagemapper.io/mode"
 MAP_FILE_LABEL = "imagemapper.io/map-file"
@@ -76,8 +77,7 @@ def _namespace(env: dict, name: str, required: bool) -> str:
             raise SettingsError(f"{name} is not set; it must name the operator's namespace "
                                 "(the Deployment sets it from metadata.namespace)")
         return ""
-    if len(value) > 63 or not all(c.isdigit() or "a" <= c <= "z" or c == "-" for c in value) \
-            or value[0] == "-" or value[-1] == "-":
+    if not valid_namespace(value):
         raise SettingsError(f"{name}={value!r} is not a valid namespace name")
     return value
 

@@ -108,8 +108,7 @@ def desired_status(imap: MapInput, verdict: list, current: dict, now: str) -> di
     """The status the ImageMap should have; lastTransitionTime kept while unchanged."""
     reason, message, rules = verdict
     state = "True" if reason == "Accepted" else "False"
-    old = next((c for c in current.get("conditions") or []
-                if isinstance(c, dict) and c.get("type") == "Ready"), {})
+    old = _ready(current)
     since = old.get("lastTransitionTime") if old.get("status") == state else None
     return {"observedGeneration": imap.generation, "rules": rules, "conditions": [{
         "type": "Ready", "status": state, "reason": reason, "message": message,
@@ -125,9 +124,8 @@ def _status_and_event(out: Output, imap: MapInput, current: dict, uid: str,
         "operation": "MergePatch", "apiVersion": API_VERSION, "kind": "ImageMap",
         "namespace": imap.namespace, "name": imap.name, "subresource": "status",
         "ignoreMissingObject": True, "mergePatch": {"status": want}})
-    old_reason = _ready(current).get("reason")
-    new = want["conditions"][0]
-    if old_reason != new["reason"] or _ready(current).get("message") != new["message"]:
+    old, new = _ready(current), want["conditions"][0]
+    if old.get("reason") != new["reason"] or old.get("message") != new["message"]:
         out.operations.append(_event(
             imap.namespace, {"apiVersion": API_VERSION, "kind": "ImageMap", "name": imap.name,
                              "namespace": imap.namespace, "uid": uid},
