@@ -24,9 +24,8 @@ class Rewrite:
 
     @property
     def source(self) -> str:
-        """``imagemap`` or ``mapfile`` plus the scope, for the metric label."""
-        kind = "imagemap" if self.decision.rule.startswith("imagemap ") else "mapfile"
-        return f"{self.decision.scope}-{kind}"
+        """The layer that decided (``cluster-mapfile``, ...), for the metric label."""
+        return self.decision.source
 
 
 def failure(settings: Settings, problem: str) -> dict:

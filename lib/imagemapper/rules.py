@@ -18,14 +18,15 @@ from imagemapper.reference import InvalidReference, name_prefixes, parse, split_
 class Decision:
     """What happened to one image, for the patch, the log line and ``--explain``."""
 
-    __slots__ = ("error", "image", "new", "rule", "scope")
+    __slots__ = ("error", "image", "new", "rule", "source")
 
     def __init__(self, image: str, new: str | None = None, rule: str = "",
-                 scope: str = "", error: str = ""):
+                 source: str = "", error: str = ""):
         self.image = image    # the image as written in the Pod
         self.new = new        # the replacement, or None when the image stays
         self.rule = rule      # the rule that decided, or why nothing did
-        self.scope = scope    # "namespace" | "cluster" | "" (no rule)
+        self.source = source  # the layer that decided: "namespace-imagemap", "namespace-mapfile",
+        #                       "cluster-mapfile"; the guard's "namespace"/"cluster"; or ""
         self.error = error    # set when the image is not a valid reference
 
     @property
@@ -95,11 +96,11 @@ def _mapfile_lookup(layer: dict, ref, raw: str):
 def _layers(ns_doc: dict | None, cluster_doc: dict | None):
     if ns_doc:
         if ns_doc.get("imagemaps"):
-            yield "namespace", _imagemap_lookup, ns_doc["imagemaps"]
+            yield "namespace-imagemap", _imagemap_lookup, ns_doc["imagemaps"]
         if ns_doc.get("mapfiles"):
-            yield "namespace", _mapfile_lookup, ns_doc["mapfiles"]
+            yield "namespace-mapfile", _mapfile_lookup, ns_doc["mapfiles"]
     if cluster_doc and cluster_doc.get("mapfiles"):
-        yield "cluster", _mapfile_lookup, cluster_doc["mapfiles"]
+        yield "cluster-mapfile", _mapfile_lookup, cluster_doc["mapfiles"]
 
 
 def decide(image: str, ns_doc: dict | None, cluster_doc: dict | None) -> Decision:
@@ -112,10 +113,10 @@ def decide(image: str, ns_doc: dict | None, cluster_doc: dict | None) -> Decisio
         hit = under_targets(ref, doc.get("targets")) if doc else None
         if hit:
             return Decision(image, rule=f"already under target {hit!r} of a {scope} rule",
-                            scope=scope)
-    for scope, lookup, layer in _layers(ns_doc, cluster_doc):
+                            source=scope)
+    for source, lookup, layer in _layers(ns_doc, cluster_doc):
         found = lookup(layer, ref, image)
         if found is not None:
             new, rule = found
-            return Decision(image, new=new, rule=rule, scope=scope)
+            return Decision(image, new=new, rule=rule, source=source)
     return Decision(image, rule="no rule matches")
