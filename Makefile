@@ -9,10 +9,15 @@ export PYTHONPATH := $(CURDIR)/lib
 dev:  ## install the pinned test and lint tools
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
+# A missing tool stops the target with how to get it, instead of a bare "No module named".
+need = @$(PYTHON) -c 'import $(1)' 2>/dev/null || { echo "error: Python module '$(1)' is missing: run 'make dev' first (pip install -r requirements-dev.txt)" >&2; exit 1; }
+
 lint:
+	$(call need,ruff)
 	$(PYTHON) -m ruff check lib hooks tests
 
 unit:
+	$(call need,pytest)
 	$(PYTHON) -m pytest -q -m "not e2e" --ignore=tests/e2e tests
 
 test: lint unit  ## lint + unit, property, harness and bundle tests

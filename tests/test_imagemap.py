@@ -109,7 +109,7 @@ def test_empty_map_is_invalid():
     assert resolve_namespace([imap("m", [])])["m"].reason == "Invalid"
 
 
-# kubernetes-image-mapper behaviours that the SPEC keeps (seeds.md §1.2-1.4)
+# kubernetes-image-mapper behaviours that image-mapper keeps (docs/migration.md)
 
 def test_identical_duplicates_across_maps_are_fine():
     items = [{"from": "input", "to": "x.io/output"}]

@@ -21,7 +21,7 @@ class SettingsError(ValueError):
 
 
 class Settings:
-    """Validated configuration, with the defaults of SPEC §8."""
+    """Validated configuration, with the defaults the README's settings table lists."""
 
     __slots__ = (
         "configuration_name",

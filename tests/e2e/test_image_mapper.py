@@ -507,7 +507,7 @@ def test_updates_are_idempotent(image_mapper: Operators, make_namespace: Callabl
     cp.kubectl("set", "image", "pod/app", "-n", ns, "c0=nginx:1.27")
     after = cp.kubectl_json("get", "pod", "app", "-n", ns)
     assert images_of(after) == {"containers/c0": "registry.corp/hub/nginx:1.27"}
-    # The first original is kept (SPEC §5).
+    # The first original is kept (README, "What gets rewritten").
     assert originals_of(after) == {"containers/c0": "nginx:1.25"}
 
     cp.kubectl("set", "image", "pod/app", "-n", ns, "c0=registry.corp/hub/nginx:1.28")

@@ -1,37 +1,24 @@
 """Hook ``--config`` output: parse and validate as shell-operator v1.20.3 does at startup.
 
 Pipeline (pkg/hook/config): YAML/JSON -> ``configVersion`` -> OpenAPI schema
-(the real v1 schema, /work/shared/research/shell-operator-hook-config-v1.schema.yaml)
--> typed unmarshal -> extra checks (settings, crontab, selectors, jqFilter,
+(the real v1 schema, read from the pinned shell-operator module's Go source by
+:mod:`.goschema`) -> typed unmarshal -> extra checks (settings, crontab, selectors, jqFilter,
 admission webhook validation, includeSnapshotsFrom) -> group snapshot merging.
 Any failure is fatal for shell-operator, so it raises HookConfigError here.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import jq
 import jsonschema
 import yaml
 
-from . import _go, _k8s
-
-SCHEMA_ENV = "SHELLOP_HOOK_CONFIG_SCHEMA"
-_SCHEMA_NAME = "shell-operator-hook-config-v1.schema.yaml"
+from . import _go, _k8s, goschema
 
 
 class HookConfigError(ValueError):
     """shell-operator would refuse to start with this hook."""
-
-
-def schema_path() -> Path:
-    """The v1 schema: ``$SHELLOP_HOOK_CONFIG_SCHEMA`` or ``<repo>/../shared/research/``."""
-    if os.environ.get(SCHEMA_ENV):
-        return Path(os.environ[SCHEMA_ENV])
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "research" / _SCHEMA_NAME
 
 
 _validator_cache: list = []
@@ -40,10 +27,7 @@ _validator_cache: list = []
 def _validator() -> jsonschema.Draft4Validator:
     """Draft 4 validator; "integer" also accepts 3.0, as go-openapi does."""
     if not _validator_cache:
-        path = schema_path()
-        if not path.is_file():
-            raise FileNotFoundError(f"hook config schema not found at {path} (set {SCHEMA_ENV})")
-        schema = yaml.safe_load(path.read_text())
+        schema = yaml.safe_load(goschema.schema_text())
         checker = jsonschema.Draft4Validator.TYPE_CHECKER.redefine(
             "integer", lambda _c, v: isinstance(v, int) and not isinstance(v, bool)
             or isinstance(v, float) and v.is_integer())
