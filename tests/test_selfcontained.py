@@ -12,6 +12,8 @@ from harness import goschema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTSIDE = ("/work/" + "shared", "../" + "shared", "shared/" + "research")
+WORD = "SP" + "EC"  # spelled in two parts, so that this file does not match itself
+EXTERNAL_SPEC = re.compile(rf"\b{WORD}\b|the {WORD}|{WORD} §")
 
 
 def tracked_files() -> list[str]:
@@ -41,7 +43,7 @@ def test_docs_cite_no_missing_files_or_external_spec():
             continue
         text = _text(path)
         for n, line in enumerate(text.splitlines(), 1):
-            if re.search(r"\bSPEC\b(?!S)|the SPEC|SPEC §", line):
+            if EXTERNAL_SPEC.search(line):
                 bad.append(f"{path}:{n}: {line.strip()}")
         if path.endswith(".md"):
             for target in re.findall(r"\]\(([^)#\s]+)", text) + re.findall(r"`(docs/[\w./-]+)`", text):
