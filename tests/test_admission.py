@@ -39,9 +39,9 @@ def pod(containers=(), init=(), ephemeral=(), volumes=(), annotations=None, name
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
-def request(obj, operation="CREATE", sub=None, namespace="shop"):
+def request(obj, operation="CREATE", sub=None, namespace="shop", old=None):
     req = {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": namespace,
-           "operation": operation, "object": obj, "oldObject": None}
+           "operation": operation, "object": obj, "oldObject": old}
     if sub:
         req["subResource"] = sub
     return req
@@ -92,6 +92,27 @@ def test_update_and_reinvocation_are_idempotent(state):
     twice = apply(once, admission.mutate(request(once, "UPDATE"), state))
     assert images(twice) == ["registry.corp/hub/nginx:1.27"]
     assert json.loads(twice["metadata"]["annotations"][podpatch.ANNOTATION]) == {"containers/web": "nginx:1.25"}
+
+
+def test_update_rewrites_only_images_the_update_changed(state):
+    """A Pod admitted before a rule existed keeps its images through a label change."""
+    stored = pod(containers=[("web", "nginx:1.25"), ("side", "quay.io/jetstack/ctl:1")],
+                 init=[("init", "nginx:1.24")], volumes=[("v", "nginx:data")])
+    labeled = json.loads(json.dumps(stored))
+    labeled["metadata"]["labels"] = {"x": "y"}
+    assert admission.mutate(request(labeled, "UPDATE", old=stored), state) == {"allowed": True}
+    # kubectl set image web=...: only that container is decided
+    changed = json.loads(json.dumps(stored))
+    changed["spec"]["containers"][0]["image"] = "nginx:1.27"
+    out = apply(changed, admission.mutate(request(changed, "UPDATE", old=stored), state))
+    assert images(out) == ["registry.corp/hub/nginx:1.27", "quay.io/jetstack/ctl:1", "nginx:1.24", "nginx:data"]
+    assert json.loads(out["metadata"]["annotations"][podpatch.ANNOTATION]) == {"containers/web": "nginx:1.27"}
+    # an ephemeral container added through the subresource is new, so it is decided
+    debug = json.loads(json.dumps(stored))
+    debug["spec"]["ephemeralContainers"] = [{"name": "dbg", "image": "nginx:debug"}]
+    out = apply(debug, admission.mutate(request(debug, "UPDATE", sub="ephemeralcontainers", old=stored), state))
+    assert out["spec"]["ephemeralContainers"][0]["image"] == "registry.corp/hub/nginx:debug"
+    assert out["spec"]["containers"][0]["image"] == "nginx:1.25"
 
 
 def test_existing_annotations_are_kept(state):
@@ -180,10 +201,38 @@ def test_validate_without_snapshot_checks_syntax_and_allows(tmp_path):
     assert ok["allowed"] is True and ok["warnings"]
 
 
-def mapfile_request(data):
-    obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "maps", "namespace": "shop"}, "data": data}
+def mapfile_object(data, labeled=True, **meta):
+    labels = {"imagemapper.io/map-file": "true"} if labeled else {}
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "maps", "namespace": "shop", "labels": labels, **meta}, "data": data}
+
+
+def mapfile_request(data, old=None, **meta):
     return {"kind": {"group": "", "version": "v1", "kind": "ConfigMap"}, "namespace": "shop",
-            "operation": "CREATE", "object": obj}
+            "operation": "UPDATE" if old else "CREATE", "object": mapfile_object(data, **meta),
+            "oldObject": old}
+
+
+def test_validate_map_file_denies_only_what_the_request_makes_worse(state):
+    """A map file that got in with a bad line (validation was down) stays manageable."""
+    bad = {"maps": "default::x.corp\nbad line here\n"}
+    stuck = mapfile_object(bad, finalizers=["example.com/hold"], deletionTimestamp="2026-01-01T00:00:00Z")
+    released = admission.validate(mapfile_request(bad, old=stuck), state)
+    assert released["allowed"] is True and any("line 2" in w for w in released["warnings"])
+    annotated = admission.validate(mapfile_request(bad, old=stuck, annotations={"a": "b"}), state)
+    assert annotated["allowed"] is True
+    unlabeled = admission.validate(mapfile_request(bad, old=stuck, labeled=False), state)
+    assert unlabeled == {"allowed": True}
+    # an edit that keeps the old bad line but adds a good one is no worse
+    kept = {"maps": "default::x.corp\nbad line here\ngcr.io::y.corp\n"}
+    assert admission.validate(mapfile_request(kept, old=stuck), state)["allowed"] is True
+    # a new bad line, a new key with a bad line, or labeling a bad ConfigMap are denied
+    worse = {"maps": "default::x.corp\nbad line here\nanother bad one\n"}
+    denied = admission.validate(mapfile_request(worse, old=stuck), state)
+    assert denied["allowed"] is False and "line 3" in denied["message"] and "line 2" not in denied["message"]
+    assert admission.validate(mapfile_request({**bad, "more": "x y"}, old=stuck), state)["allowed"] is False
+    assert admission.validate(mapfile_request(bad, old=mapfile_object(bad, labeled=False)),
+                              state)["allowed"] is False
 
 
 def test_validate_map_file_names_the_line(state):

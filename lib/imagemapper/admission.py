@@ -8,7 +8,7 @@ is on the hot path, so the validate side imports its extra modules lazily.
 from __future__ import annotations
 
 from imagemapper import podpatch, protocol, rules, snapshot
-from imagemapper.settings import Settings
+from imagemapper.settings import MAP_FILE_LABEL, Settings
 
 EPHEMERAL = "ephemeralcontainers"
 
@@ -58,8 +58,11 @@ def mutate(request: dict, settings: Settings, rewrites: list[Rewrite] | None = N
     fields = podpatch.image_fields(obj.get("spec"), ("ephemeralContainers",) if ephemeral
                                    else ("containers", "initContainers", "ephemeralContainers"),
                                    volumes=not ephemeral)
+    unchanged = _old_images(request) if request.get("operation") == "UPDATE" else {}
     changes, warnings, seen = [], [], {}
     for field in fields:
+        if field.key in unchanged and unchanged[field.key] == field.image:
+            continue  # this UPDATE did not touch the image: rules apply as images enter the API
         if not isinstance(field.image, str):
             warnings.append(f"{field.key}: image is not a string; left unchanged")
             continue
@@ -78,6 +81,18 @@ def mutate(request: dict, settings: Settings, rewrites: list[Rewrite] | None = N
     return protocol.allow(warnings, ops)
 
 
+def _old_images(request: dict) -> dict:
+    """Image of each field in ``oldObject``, by annotation key ({} when there is none).
+
+    On UPDATE only images that differ from the stored Pod are decided: a label change
+    must never swap the image of a running container (the kubelet would restart it).
+    """
+    old = request.get("oldObject")
+    if not isinstance(old, dict):
+        return {}
+    return {field.key: field.image for field in podpatch.image_fields(old.get("spec"))}
+
+
 # ----------------------------------------------------------------------------- validate
 
 def validate(request: dict, settings: Settings) -> dict:
@@ -89,7 +104,7 @@ def validate(request: dict, settings: Settings) -> dict:
     if kind == "ImageMap":
         return _validate_imagemap(request, obj, settings)
     if kind == "ConfigMap":
-        return _validate_mapfile(obj)
+        return _validate_mapfile(request, obj)
     return protocol.allow()
 
 
@@ -118,15 +133,48 @@ def _validate_imagemap(request: dict, obj: dict, settings: Settings) -> dict:
     return protocol.allow()
 
 
-def _validate_mapfile(obj: dict) -> dict:
+def _is_mapfile(obj: object) -> bool:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    return isinstance(labels, dict) and labels.get(MAP_FILE_LABEL) == "true"
+
+
+def _error_lines(text: str) -> set:
+    """The text of every line of a map file that is an error (to tell old from new)."""
+    from imagemapper.mapfile import parse
+
+    lines = text.splitlines()
+    return {lines[d.line - 1] for d in parse(text, "")[1]
+            if d.severity == "error" and 0 < d.line <= len(lines)}
+
+
+def _validate_mapfile(request: dict, obj: dict) -> dict:
+    """Deny only what the request makes worse: error lines it adds to a map file.
+
+    Removing the label, metadata changes (annotations, finalizers) and keys left as
+    they were are never denied, so a ConfigMap that got in with bad lines (while
+    validation was down) can still be fixed, unlabeled or deleted.
+    """
     from imagemapper.compiler import MapFileInput
     from imagemapper.mapfile import parse
 
+    if not _is_mapfile(obj):
+        return protocol.allow()
     cm = MapFileInput.from_object(obj)
+    old = request.get("oldObject")
+    old_data = MapFileInput.from_object(old).data if _is_mapfile(old) else {}
     errors, warnings = [], []
-    for source, text in cm.files():
+    for (source, text), key in zip(cm.files(), sorted(cm.data)):
+        before = _error_lines(old_data[key]) if key in old_data else set()
+        lines = text.splitlines()
         for diag in parse(text, source)[1]:
-            (errors if diag.severity == "error" else warnings).append(str(diag))
+            line = lines[diag.line - 1] if 0 < diag.line <= len(lines) else None
+            if diag.severity == "error" and line not in before:
+                errors.append(str(diag))
+            elif diag.severity == "error":
+                warnings.append(f"{diag} (already there; not changed by this request)")
+            else:
+                warnings.append(str(diag))
     if errors:
         shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
         return protocol.deny(f"map file has {len(errors)} invalid line"

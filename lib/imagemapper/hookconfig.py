@@ -22,6 +22,25 @@ MAPFILE_FILTER = ("{name: .metadata.name, namespace: .metadata.namespace, uid: .
 WEBHOOK_FILTER = "[.webhooks[]? | {name: .name, reinvocationPolicy: .reinvocationPolicy}]"
 
 
+def _images_cel(obj: str) -> str:
+    """CEL: every image field of a Pod, as a list of lists (missing fields are empty)."""
+    def listed(field: str, item: str) -> str:
+        return f"(has({obj}.spec.{field}) ? {obj}.spec.{field}.map(x, {item}) : [])"
+    container = "has(x.image) ? x.image : ''"
+    volume = "has(x.image) && has(x.image.reference) ? x.image.reference : ''"
+    parts = [listed(f, container) for f in ("containers", "initContainers", "ephemeralContainers")]
+    parts.append(listed("volumes", volume))
+    return f"(has({obj}.spec) ? [{', '.join(parts)}] : [])"
+
+
+# An UPDATE that changes no image is never sent to the webhook: nothing to decide, and
+# metadata updates (labels, finalizer removals, garbage-collection patches) keep working
+# while no replica answers, whatever the failure policy.
+IMAGES_CHANGED = {"name": "images-changed.imagemapper.io", "expression":
+                  "request.operation != 'UPDATE' || "
+                  f"{_images_cel('object')} != {_images_cel('oldObject')}"}
+
+
 def namespace_selector(settings: Settings) -> dict:
     """System namespaces are never mutated; the mode label opts namespaces in or out."""
     system = sorted({"kube-system", settings.operator_namespace} - {""})
@@ -46,6 +65,7 @@ def mutate_config(settings: Settings) -> dict:
             "namespace": namespace_selector(settings),
             "labelSelector": {"matchExpressions": [
                 {"key": MODE_LABEL, "operator": "NotIn", "values": ["disabled"]}]},
+            "matchConditions": [IMAGES_CHANGED],
             "failurePolicy": settings.failure_policy,
             "sideEffects": "None",
             "timeoutSeconds": settings.timeout_seconds,
