@@ -309,6 +309,73 @@ def test_bad_map_file_lines_become_events(synced):
     assert events and "line 2" in events[0]["message"]
 
 
+def _map_file_log_bytes(run) -> int:
+    return sum(len(line) + 1 for line in (run.stdout + run.stderr).splitlines() if "map file line" in line)
+
+
+def test_terminating_namespace_never_blocks_the_sync_queue(synced):
+    """Issue 11.4: a map file with a diagnostic in a namespace being deleted. The API
+    server forbids creating Events there; every run used to send one, fail and retry."""
+    cluster = synced.cluster
+    old_syntax = mapfile("legacy", "default:m.corp\n", ns="doomed")  # a deprecation warning
+    cluster.apply(old_syntax)
+    assert all(r.ok for r in synced.drain())
+    assert [e["reason"] for e in cluster.list("Event", "doomed")] == ["DeprecatedMapSyntax"]
+    # kubectl delete namespace doomed: Terminating, the ConfigMap held by a finalizer
+    cluster.terminating.add("doomed")
+    held = cluster.get("ConfigMap", "legacy", "doomed")
+    held["metadata"].update(finalizers=["example.com/hold"], deletionTimestamp="2026-01-01T00:00:00Z")
+    cluster.apply(held)
+    # ... and a rule change elsewhere is applied by the very next run
+    cluster.apply(imagemap("team", [{"from": "redis", "to": "registry.corp/hub/redis"}], generation=2))
+    runs = synced.drain()
+    assert runs and all(r.ok for r in runs), [str(r) for r in runs]
+    assert synced.pending() == []
+    assert all(op["operation"] != "CreateIfNotExists" or op["object"]["metadata"]["namespace"] != "doomed"
+               for r in runs for op in r.patch_operations)
+
+
+def test_refused_event_write_does_not_fail_the_sync_run(synced, state):
+    """A write the API server refuses is dropped (allowFailure); the snapshot stands."""
+    cluster = synced.cluster
+    cluster.terminating.add("doomed")  # no deletionTimestamp seen yet: the Event is tried
+    cluster.apply(mapfile("legacy", "default:m.corp\n", ns="doomed"))
+    cluster.apply(imagemap("team", [{"from": "redis", "to": "registry.corp/hub/redis"}], generation=2))
+    runs = synced.drain()
+    assert runs[-1].patch_errors and "being terminated" in runs[-1].patch_errors[0]
+    assert synced.pending() == []  # not retried: the queue moves on
+    stored = admit(state, pod_request(pod({"r": "redis:7"})))
+    assert apply_admission(stored.admission, pod({"r": "redis:7"}))["spec"]["containers"][0]["image"] \
+        == "registry.corp/hub/redis:7"
+    # the next run does not try again: the diagnostics were reported
+    cluster.apply(imagemap("team", [{"from": "redis", "to": "registry.corp/hub/redis2"}], generation=3))
+    again = synced.drain()
+    assert again and all(r.ok for r in again), [str(r) for r in again]
+
+
+def test_map_file_diagnostics_are_logged_when_they_appear(synced):
+    """Issue 11.9: a warnings-only map file was logged again on every sync run."""
+    cluster = synced.cluster
+    text = "".join(f"registry{i}.example:mirror.corp/r{i}\n" for i in range(300))  # 300 warnings
+    cluster.apply(mapfile("legacy", text, ns="team2"))
+    first = synced.drain()
+    assert 0 < _map_file_log_bytes(first[-1])
+    for generation in (2, 3):  # unrelated rule changes
+        cluster.apply(imagemap("team", [{"from": "redis", "to": f"registry.corp/r{generation}"}],
+                               generation=generation))
+        runs = synced.drain()
+        assert runs and all(r.ok for r in runs)
+        assert sum(_map_file_log_bytes(r) for r in runs) == 0
+        assert [e for r in runs for e in r.patch_operations if e["operation"] == "CreateIfNotExists"
+                and e["object"]["involvedObject"]["kind"] == "ConfigMap"] == []
+    # one new bad line: that line is logged, and the Event tells the new state
+    cluster.apply(mapfile("legacy", text + "this line is wrong\n", ns="team2"))
+    runs = synced.drain()
+    logged = [line for r in runs for line in (r.stdout + r.stderr).splitlines() if "map file line" in line]
+    assert len(logged) == 1 and "line 301" in logged[0]
+    assert any(e["reason"] == "InvalidMapLines" for e in cluster.list("Event", "team2"))
+
+
 # ----------------------------------------------------------------------------- validate
 
 def validation_request(obj: dict) -> dict:

@@ -16,9 +16,9 @@ SYNC_GROUP = "sync"
 
 IMAGEMAP_FILTER = ("{name: .metadata.name, namespace: .metadata.namespace, uid: .metadata.uid,"
                    " generation: .metadata.generation, created: .metadata.creationTimestamp,"
-                   " spec: .spec}")
+                   " spec: .spec, deleting: (.metadata.deletionTimestamp != null)}")
 MAPFILE_FILTER = ("{name: .metadata.name, namespace: .metadata.namespace, uid: .metadata.uid,"
-                  " data: .data}")
+                  " data: .data, deleting: (.metadata.deletionTimestamp != null)}")
 WEBHOOK_FILTER = "[.webhooks[]? | {name: .name, reinvocationPolicy: .reinvocationPolicy}]"
 
 
@@ -94,10 +94,13 @@ def validate_config(settings: Settings) -> dict:
 
 
 def sync_config(settings: Settings) -> dict:
-    """One group, so every event ends in one compile of the whole current state."""
-    return {
-        "configVersion": "v1",
-        "kubernetes": [
+    """One group, so every event ends in one compile of the whole current state.
+
+    ``allowFailure``: the snapshot is written before the hook exits, so a status or
+    Event write the API server refuses must not fail the run and block the queue with
+    retries; the next run recomputes every write from the current state.
+    """
+    bindings = [
             {"name": "imagemaps", "apiVersion": "imagemapper.io/v1alpha1", "kind": "ImageMap",
              "group": SYNC_GROUP, "jqFilter": IMAGEMAP_FILTER},
             {"name": "mapfiles", "apiVersion": "v1", "kind": "ConfigMap",
@@ -107,5 +110,6 @@ def sync_config(settings: Settings) -> dict:
              "kind": "MutatingWebhookConfiguration",
              "nameSelector": {"matchNames": [settings.webhook_configuration]},
              "keepFullObjectsInMemory": False, "group": SYNC_GROUP, "jqFilter": WEBHOOK_FILTER},
-        ],
-    }
+    ]
+    return {"configVersion": "v1",
+            "kubernetes": [{**binding, "allowFailure": True} for binding in bindings]}

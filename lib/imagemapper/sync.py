@@ -7,7 +7,13 @@ replicas and restarts:
 * status is patched only when the desired status differs from the object's current
   one (the jqFilter leaves status out, so our own status writes do not wake the hook);
 * Events get a name derived from their content and are created with
-  ``CreateIfNotExists``, so two replicas, or a rerun, never duplicate one;
+  ``CreateIfNotExists``, so two replicas, or a rerun, never duplicate one. A map
+  file's diagnostics are logged and sent as an Event only when they change
+  (``reported.json``), and nothing is reported about objects being deleted: the API
+  server forbids creating Events in a Terminating namespace;
+* every binding has ``allowFailure``: a status or Event write that the API server
+  refuses is logged by shell-operator and never fails (and retries with backoff) the
+  run that wrote the snapshot. The next run recomputes every write from the state;
 * ``reinvocationPolicy: IfNeeded`` is patched into the mutating webhook
   configuration whenever shell-operator (re)registers it without the field.
 """
@@ -15,9 +21,10 @@ replicas and restarts:
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 
-from imagemapper import compiler, protocol
+from imagemapper import compiler, protocol, snapshot
 from imagemapper.hookconfig import MUTATE_WEBHOOK
 from imagemapper.imagemap import MapInput
 from imagemapper.settings import Settings
@@ -25,6 +32,8 @@ from imagemapper.settings import Settings
 API_VERSION = "imagemapper.io/v1alpha1"
 SYNC_METRICS_GROUP = "image_mapper_sync"
 REASONS = ("Accepted", "Invalid", "Conflict")
+REPORTED = "reported.json"  # the map-file diagnostics already logged and sent as Events
+LOGGED_PER_CHANGE = 100     # diagnostic log lines per ConfigMap and change, then a summary
 
 
 class Output:
@@ -48,8 +57,8 @@ def _items(contexts: list, binding: str) -> list[dict]:
     return []
 
 
-def _imagemap_of(item: dict) -> tuple[MapInput, dict, str] | None:
-    """(resolver input, current status, uid) from a snapshot item."""
+def _imagemap_of(item: dict) -> tuple[MapInput, dict, str, bool] | None:
+    """(resolver input, current status, uid, being deleted) from a snapshot item."""
     found = item.get("filterResult")
     obj = item.get("object") if isinstance(item.get("object"), dict) else {}
     if not isinstance(found, dict):
@@ -58,13 +67,14 @@ def _imagemap_of(item: dict) -> tuple[MapInput, dict, str] | None:
         meta = obj.get("metadata") or {}
         found = {"name": meta.get("name"), "namespace": meta.get("namespace"),
                  "uid": meta.get("uid"), "generation": meta.get("generation"),
-                 "created": meta.get("creationTimestamp"), "spec": obj.get("spec")}
+                 "created": meta.get("creationTimestamp"), "spec": obj.get("spec"),
+                 "deleting": bool(meta.get("deletionTimestamp"))}
     spec = found.get("spec") if isinstance(found.get("spec"), dict) else {}
     items = spec.get("map") if isinstance(spec.get("map"), list) else []
     imap = MapInput(found.get("namespace") or "", found.get("name") or "",
                     found.get("created") or "", found.get("generation") or 0, items)
     status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
-    return imap, status, found.get("uid") or ""
+    return imap, status, found.get("uid") or "", found.get("deleting") is True
 
 
 def _mapfile_of(item: dict) -> compiler.MapFileInput | None:
@@ -78,21 +88,36 @@ def _mapfile_of(item: dict) -> compiler.MapFileInput | None:
     return None
 
 
+def _deleting(item: dict) -> bool:
+    """Whether a snapshot item is being deleted (jqFilter ``deleting`` or the object)."""
+    found = item.get("filterResult")
+    if isinstance(found, dict) and "deleting" in found:
+        return found.get("deleting") is True
+    obj = item.get("object") if isinstance(item.get("object"), dict) else {}
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
     """One sync run. ``now`` is an RFC 3339 timestamp (injected by tests)."""
     now = now or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = Output()
     maps = [m for m in (_imagemap_of(i) for i in _items(contexts, "imagemaps")) if m]
-    mapfiles = [m for m in (_mapfile_of(i) for i in _items(contexts, "mapfiles")) if m]
+    cm_items = [(m, _deleting(i)) for i in _items(contexts, "mapfiles") if (m := _mapfile_of(i))]
+    mapfiles = [m for m, _ in cm_items]
     result = compiler.build(settings.state_dir, [m[0] for m in maps], mapfiles,
                             settings.map_namespace)
     out.result = result
-    for imap, status, uid in maps:
+    for imap, status, uid, deleting in maps:
         verdict = result.verdicts.get((imap.namespace, imap.name))
-        if verdict:
+        if verdict and not deleting:  # no status or Events for what is going away
             _status_and_event(out, imap, status, uid, verdict, now)
-    for cm in mapfiles:
-        _mapfile_events(out, cm, result.diagnostics.get((cm.namespace, cm.name), []), now)
+    before = _load_reported(settings.state_dir)
+    reported: dict = {}
+    for cm, deleting in cm_items:
+        _mapfile_events(out, cm, result.diagnostics.get((cm.namespace, cm.name), []), now,
+                        before, reported, deleting)
+    if reported != before:
+        snapshot.write_atomic(f"{settings.state_dir}/{REPORTED}", json.dumps(reported, sort_keys=True))
     _reinvocation(out, _items(contexts, "webhook"), settings.webhook_configuration)
     out.metrics = _metrics(result, maps)
     out.logs.append({"msg": "snapshot compiled", "namespaces": result.namespaces,
@@ -162,12 +187,42 @@ def _event(namespace: str, involved: dict, reason: str, message: str, kind: str,
         "count": 1}}
 
 
-def _mapfile_events(out: Output, cm: compiler.MapFileInput, diags: list[dict], now: str) -> None:
+def _load_reported(state_dir: str) -> dict:
+    """{"ns/name": {"digest": ..., "lines": [...]}} as last written; {} when unreadable."""
+    try:
+        with open(f"{state_dir}/{REPORTED}", encoding="utf-8") as handle:
+            found = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _mapfile_events(out: Output, cm: compiler.MapFileInput, diags: list[dict], now: str,
+                    before: dict, reported: dict, deleting: bool) -> None:
+    """Log new diagnostics and send one Event, only when the ConfigMap's diagnostics change."""
     if not diags:
         return
-    for diag in diags:
+    key = f"{cm.namespace}/{cm.name}"
+    digest = _short(repr([cm.uid, [(d["severity"], d["text"]) for d in diags]]))
+    seen = before.get(key) if isinstance(before.get(key), dict) else {}
+    known = set(seen.get("lines") or [])
+    reported[key] = {"digest": digest, "lines": sorted(_short(d["text"]) for d in diags)}
+    if seen.get("digest") == digest:
+        return
+    fresh = [d for d in diags if _short(d["text"]) not in known]
+    for diag in fresh[:LOGGED_PER_CHANGE]:
         out.logs.append({"msg": "map file line", "level": "warn" if diag["severity"] == "warning"
                          else "error", "problem": diag["text"]})
+    if len(fresh) > LOGGED_PER_CHANGE:
+        out.logs.append({"msg": "map file lines", "level": "warn", "namespace": cm.namespace,
+                         "configmap": cm.name, "problem": f"{len(fresh) - LOGGED_PER_CHANGE} more "
+                         "diagnostics not logged; run `image-mapper check` on the file"})
+    if deleting:
+        return  # no Events about objects being deleted (the namespace may be Terminating)
     errors = [d for d in diags if d["severity"] == "error"]
     shown = errors or diags
     text = "; ".join(d["text"] for d in shown[:5]) + (
@@ -206,7 +261,7 @@ def _metrics(result: compiler.Result, maps: list) -> list[dict]:
     ops = [protocol.gauge("image_mapper_rules", result.rules[scope], {"scope": scope}, group)
            for scope in ("namespace", "cluster")]
     counts = {reason: 0 for reason in REASONS}
-    for imap, _, _ in maps:
+    for imap, *_ in maps:
         verdict = result.verdicts.get((imap.namespace, imap.name))
         if verdict:
             counts[verdict[0]] = counts.get(verdict[0], 0) + 1

@@ -128,6 +128,8 @@ class Cluster:
 
     def __init__(self, objects: list[dict] | None = None) -> None:
         self.objects: dict[tuple, dict] = {}
+        # Namespaces being deleted: the API server forbids creating anything in them.
+        self.terminating: set[str] = set()
         self.subscribers: list[Callable[[str, dict], None]] = []
         self._version = 0
         for obj in objects or []:
@@ -200,6 +202,10 @@ class Cluster:
             if op.get("namespace"):
                 obj.setdefault("metadata", {})["namespace"] = op["namespace"]
             exists = _key(obj) in self.objects
+            namespace = (obj.get("metadata") or {}).get("namespace") or ""
+            if namespace in self.terminating:
+                raise ValueError(f"{_key(obj)} is forbidden: unable to create new content in "
+                                 f"namespace {namespace} because it is being terminated")
             if exists and kind == "Create":
                 raise ValueError(f"{_key(obj)} already exists")
             if not exists or kind == "CreateOrUpdate":
