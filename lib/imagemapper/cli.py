@@ -4,6 +4,7 @@
     rewrite [same options] -f MANIFESTS.yaml
     check FILE...
     snapshot-dump DIR [NAMESPACE]
+    plan [rule options] [-f MANIFESTS]... [--from-cluster] [IMAGE...] [--format F] [--check]
 
 ``--map-file`` files are cluster-wide map files. ``--ns-map-file`` files belong to
 namespace NS. ``--imagemap`` files hold ImageMaps: several YAML documents or a List,
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imagemapper import compiler, podpatch, rules
+from imagemapper import compiler, plancmd, podpatch, rules
 from imagemapper.imagemap import MapInput
 
 # kind -> (pointer of the Pod spec, pointer of the object whose metadata is annotated)
@@ -249,6 +250,7 @@ def parser() -> argparse.ArgumentParser:
     rw.add_argument("--explain", action="store_true", help="show the rule that decided")
     rw.add_argument("-f", "--filename", metavar="MANIFESTS", help="rewrite Pods and Pod templates in a manifest stream ('-' for stdin)")
     rw.add_argument("images", nargs="*", metavar="IMAGE")
+    plancmd.add_parser(sub, rw)
     ck = sub.add_parser("check", help="lint map files and ImageMaps")
     ck.add_argument("files", nargs="+", metavar="FILE")
     dump = sub.add_parser("snapshot-dump", help="print a compiled snapshot document as JSON")
@@ -278,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.files)
         if args.command == "snapshot-dump":
             return _dump(args.state_dir, args.namespace)
+        if args.command == "plan":
+            return plancmd.run(args)
         if not args.images and not args.filename:
             parser().error("rewrite needs IMAGE arguments or -f MANIFESTS")
         rules_ = Rules(args)
