@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tarfile
 import threading
@@ -228,11 +229,20 @@ class TokenServer:
 
 # ----------------------------------------------------------------------------- registry
 
+def self_signed(workdir: str, ip: str) -> tuple[str, str]:
+    """A self-signed serving certificate for an IP address: (cert.pem, key.pem)."""
+    cert, key = os.path.join(workdir, "tls.crt"), os.path.join(workdir, "tls.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", f"/CN={ip}", "-addext", f"subjectAltName=IP:{ip}"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 class Registry:
     """One ``docker-registry serve`` process on 127.0.0.1, stopped by PID."""
 
     def __init__(self, workdir: str, name: str = "registry", htpasswd: dict[str, str] | None = None,
-                 token: TokenServer | None = None):
+                 token: TokenServer | None = None, tls: bool = False):
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
@@ -243,6 +253,10 @@ class Registry:
                         "delete": {"enabled": True}},
             "http": {"addr": self.host, "secret": "image-mapper-tests"},
         }
+        if tls:
+            self.cert, key = self_signed(self.dir, "127.0.0.1")
+            config["http"]["tls"] = {"certificate": self.cert, "key": key}
+        self.scheme = "https" if tls else "http"
         if htpasswd:
             path = os.path.join(self.dir, "htpasswd")
             with open(path, "w") as handle:
@@ -265,7 +279,8 @@ class Registry:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {self.logtext()}")
             try:
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2)
+                urllib.request.urlopen(f"{self.scheme}://{self.host}/v2/", timeout=2,
+                                       context=ssl._create_unverified_context())
                 return
             except urllib.error.HTTPError:
                 return  # 401: up, and asking for credentials

@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import subprocess
+import threading
 
 HELPER_TIMEOUT = 10  # seconds a docker-credential-* helper may take
 _HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/")
@@ -60,11 +61,12 @@ def _normalize_key(key: str) -> str:
 
 
 class CredentialStore:
-    """Lookups over the credential files; each file is read once."""
+    """Lookups over the credential files; each file is read once, whichever thread asks first."""
 
     def __init__(self, files: list[str]):
         self.files = files
         self._loaded: list[tuple[str, dict]] | None = None
+        self._lock = threading.Lock()
 
     def describe(self) -> str:
         present = [f for f in self.files if os.path.exists(f)]
@@ -72,17 +74,10 @@ class CredentialStore:
                               + ", ".join(self.files))
 
     def _documents(self) -> list[tuple[str, dict]]:
-        if self._loaded is None:
-            self._loaded = []
-            for path in self.files:
-                try:
-                    with open(path, encoding="utf-8") as handle:
-                        doc = json.load(handle)
-                except (OSError, ValueError):
-                    continue
-                if isinstance(doc, dict):
-                    self._loaded.append((path, doc))
-        return self._loaded
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = [doc for doc in map(_read_json, self.files) if doc is not None]
+            return self._loaded
 
     def lookup(self, domain: str, path: str = "") -> Credential | None:
         """The credential for ``domain/path``: the most specific key of the first file with one."""
@@ -101,6 +96,15 @@ class CredentialStore:
                 if cred is not None:
                     return cred
         return None
+
+
+def _read_json(path: str) -> tuple[str, dict] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            doc = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return (path, doc) if isinstance(doc, dict) else None
 
 
 def _cuts(name: str) -> list[int]:

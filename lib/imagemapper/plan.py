@@ -173,8 +173,8 @@ def _originals(metadata: object) -> dict:
 
 # ----------------------------------------------------------------------------- formats
 
-def render(plan: Plan, fmt: str, explain: bool = False) -> str:
-    """The plan in one of FORMATS."""
+def render(plan: Plan, fmt: str, explain: bool = False, insecure: tuple[str, ...] = ()) -> str:
+    """The plan in one of FORMATS; ``insecure`` source registries get ``tls-verify: false`` in a sync file."""
     pairs = plan.sorted_pairs()
     if fmt == "json":
         return json.dumps(as_json(plan), indent=2) + "\n"
@@ -183,7 +183,7 @@ def render(plan: Plan, fmt: str, explain: bool = False) -> str:
     if fmt == "skopeo-copy" or (fmt == "skopeo" and sync_layout(pairs) is None):
         return _script(pairs, "skopeo copy --all --preserve-digests", "skopeo", "docker://")
     if fmt == "skopeo":
-        return skopeo_sync(pairs)
+        return skopeo_sync(pairs, insecure)
     if explain:
         return "".join(f"{p.copy_from} {p.copy_to}\t# {_one_line(p.rules[0])}\n" for p in pairs)
     return "".join(f"{p.copy_from} {p.copy_to}\n" for p in pairs)
@@ -245,8 +245,11 @@ def sync_layout(pairs: list[Pair]) -> tuple[str, bool] | None:
     return None
 
 
-def skopeo_sync(pairs: list[Pair]) -> str:
-    """A ``skopeo sync --src yaml`` source file, with the command that runs it on top."""
+def skopeo_sync(pairs: list[Pair], insecure: tuple[str, ...] = ()) -> str:
+    """A ``skopeo sync --src yaml`` source file, with the command that runs it on top.
+
+    skopeo reads source TLS settings from this file, not from ``--src-tls-verify``.
+    """
     import yaml
 
     prefix, scoped = sync_layout(pairs)
@@ -255,6 +258,8 @@ def skopeo_sync(pairs: list[Pair]) -> str:
         images = registries.setdefault(pair.source.domain, {"images": {}})["images"]
         entries = images.setdefault(pair.source.path, [])
         _append_new(entries, _sync_entry(pair))
+    for domain in set(registries) & set(insecure):
+        registries[domain]["tls-verify"] = False
     head = (f"# {len(pairs)} image(s) to copy, planned by image-mapper. Run:\n"
             f"#   skopeo sync --all --preserve-digests --src yaml --dest docker{' --scoped' if scoped else ''}"
             f" THIS-FILE {prefix}\n")

@@ -39,7 +39,8 @@ def add_parser(sub, rewrite: argparse.ArgumentParser) -> argparse.ArgumentParser
     pl.add_argument("--check", action="store_true",
                     help="ask each destination registry whether the image is there")
     pl.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
-                    help="--check: HTTPS without certificate checks, then plain HTTP, for this registry")
+                    help="--check: HTTPS without certificate checks, then plain HTTP, for this registry; "
+                         "a skopeo sync file gets tls-verify: false for it")
     pl.add_argument("--ca-file", metavar="PEM", help="--check: trust this CA bundle (self-signed registries)")
     pl.add_argument("--authfile", metavar="FILE", help="--check: credentials file searched first")
     pl.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     rules_.report()
     _report_plan(plan)
     if not args.check:
-        sys.stdout.write(planlib.render(plan, args.format, args.explain))
+        sys.stdout.write(planlib.render(plan, args.format, args.explain, tuple(args.insecure_registry)))
         return 0
     return _check(plan, args)
 
@@ -101,17 +102,18 @@ def _check(plan: planlib.Plan, args: argparse.Namespace) -> int:
     store = credentials.CredentialStore(credentials.default_files(authfile=args.authfile))
     client = registry.Client(store, tuple(args.insecure_registry), args.ca_file, args.timeout)
     pairs = plan.sorted_pairs()
-    results = registry.check_all(client, [p.copy_to for p in pairs], args.parallel)
+    # what a kubelet will pull: the digest when the Pod has one, else the tag
+    results = registry.check_all(client, [str(p.destination) for p in pairs], args.parallel)
     if args.format == "json":
         import json
 
         doc = planlib.as_json(plan)
         for entry, pair in zip(doc["pairs"], pairs):
-            entry["check"] = results[pair.copy_to].as_dict()
+            entry["check"] = results[str(pair.destination)].as_dict()
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         for pair in pairs:
-            print(_check_line(pair, results[pair.copy_to]))
+            print(_check_line(pair, results[str(pair.destination)]))
     counts = {s: sum(1 for r in results.values() if r.status == s)
               for s in (registry.PRESENT, registry.MISSING)}
     unchecked = len(results) - counts[registry.PRESENT] - counts[registry.MISSING]
@@ -124,6 +126,6 @@ def _check(plan: planlib.Plan, args: argparse.Namespace) -> int:
 
 def _check_line(pair: planlib.Pair, result) -> str:
     if result.status == "present":
-        return f"present  {pair.copy_to}"
-    return (f"{result.status.upper():<8} {pair.copy_to}: registry {result.registry}: {result.detail} "
+        return f"present  {pair.destination}"
+    return (f"{result.status.upper():<8} {pair.destination}: registry {result.registry}: {result.detail} "
             f"(copy of {pair.copy_from}; {' '.join(pair.rules[0].split())})")
