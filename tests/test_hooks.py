@@ -10,7 +10,6 @@ import pytest
 from harness import shellop
 from harness.shellop import (
     Cluster,
-    MetricsStore,
     Operator,
     apply_admission,
     discover,
@@ -216,12 +215,12 @@ def test_missing_snapshot_follows_failure_policy(state, policy, allowed):
 
 
 def test_corrupt_snapshot_follows_failure_policy_and_sync_repairs_it(synced, state):
-    with open(os.path.join(state, "cluster.snap"), "wb") as handle:
+    with open(os.path.join(state, "rules.snap"), "wb") as handle:
         handle.write(b"garbage")
     obj = pod({"web": "nginx"}, ns="other")
     assert admit(state, pod_request(obj)).admission["allowed"] is False
     assert admit(state, pod_request(obj), IMAGE_MAPPER_FAILURE_POLICY="Ignore").admission["allowed"] is True
-    os.unlink(os.path.join(state, "cluster.snap"))
+    os.unlink(os.path.join(state, "rules.snap"))
     synced.cluster.apply(mapfile("another", "default::mirror.corp\n", ns="elsewhere"))  # any event
     assert all(r.ok for r in synced.drain())
     assert "patch" in admit(state, pod_request(obj)).admission
@@ -237,19 +236,57 @@ def test_internal_error_follows_failure_policy(synced, state):
         assert "internal error" in json.dumps(result.admission)
 
 
+def mutate_run(state, ns, store=None, **request):
+    obj = pod({"web": "nginx:1"}, ns=ns)
+    result = run_hook(hook("mutate.py"), [{"binding": MUTATE, "type": "Mutating",
+                                           "review": {"request": {**pod_request(obj), **request}}}],
+                      make_env(state), metrics=store)
+    assert result.ok, str(result)
+    return result
+
+
 def test_metrics_are_valid_and_counters_survive_runs(synced, state):
-    store = MetricsStore()
-    mutate = hook("mutate.py")
-    env = make_env(state)
     for ns in ("shop", "shop", "other"):
-        obj = pod({"web": "nginx:1"}, ns=ns)
-        result = run_hook(mutate, [{"binding": MUTATE, "type": "Mutating", "review": {"request": pod_request(obj)}}],
-                          env, metrics=store)
-        assert result.ok, str(result)
-    text = store.render()
-    assert 'image_mapper_rewrites_total{hook="mutate.py",namespace="shop",source="namespace-imagemap"} 2' in text
-    assert 'image_mapper_rewrites_total{hook="mutate.py",namespace="other",source="cluster-mapfile"} 1' in text
-    assert 'image_mapper_admissions_total{hook="mutate.py",result="patched"} 3' in text
+        assert mutate_run(state, ns).metric_ops == []  # one writer: the schedule below
+    mutate_run(state, "shop", dryRun=True)  # a dry run changes nothing and is not counted
+    synced.fire_schedule("counters")
+    runs = synced.drain()
+    assert runs and all(r.ok for r in runs), [str(r) for r in runs]
+    text = synced.metrics.render()
+    assert 'image_mapper_rewrites_total{hook="sync.py",namespace="shop",source="namespace-imagemap"} 2' in text
+    assert 'image_mapper_rewrites_total{hook="sync.py",namespace="other",source="cluster-mapfile"} 1' in text
+    assert 'image_mapper_admissions_total{hook="sync.py",result="patched"} 3' in text
+    synced.fire_schedule("counters")
+    synced.drain()
+    assert 'image_mapper_admissions_total{hook="sync.py",result="patched"} 3' in synced.metrics.render()
+
+
+def test_bookkeeping_touches_only_its_own_series(synced, state):
+    counters_dir = os.path.join(state, "counters")
+    os.makedirs(counters_dir, exist_ok=True)
+    for i in range(2000):  # the history of a busy replica
+        path = os.path.join(counters_dir, f"image_mapper_rewrites_total,namespace=ns{i},source=x")
+        with open(path, "w") as handle:
+            handle.write(f"{i:020d}\n")
+        os.utime(path, ns=(0, 0))
+    mutate_run(state, "shop")
+    touched = sorted(n for n in os.listdir(counters_dir) if os.stat(os.path.join(counters_dir, n)).st_mtime_ns)
+    assert touched == ["image_mapper_admissions_total,result=patched",
+                       "image_mapper_rewrites_total,namespace=shop,source=namespace-imagemap"]
+
+
+@pytest.mark.parametrize("damage", ["value", "directory"])
+def test_broken_bookkeeping_never_changes_the_answer(synced, state, damage):
+    counters_dir = os.path.join(state, "counters")
+    if damage == "value":
+        os.makedirs(counters_dir, exist_ok=True)
+        with open(os.path.join(counters_dir, "image_mapper_admissions_total,result=patched"), "w") as handle:
+            handle.write("not a number, {]")
+    else:
+        with open(counters_dir, "w") as handle:  # a file where the directory should be
+            handle.write("x")
+    result = mutate_run(state, "shop")
+    assert result.admission["allowed"] is True and "patch" in result.admission
 
 
 # ----------------------------------------------------------------------------- sync

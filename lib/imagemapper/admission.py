@@ -51,9 +51,13 @@ def mutate(request: dict, settings: Settings, rewrites: list[Rewrite] | None = N
         return protocol.allow()
     namespace = request.get("namespace") or ""
     try:
-        ns_doc, cluster_doc = snapshot.load_for_namespace(settings.state_dir, namespace)
-    except snapshot.SnapshotError as exc:
+        return _mutate(request, obj, snapshot.load_for_namespace(settings.state_dir, namespace), rewrites)
+    except snapshot.SnapshotError as exc:  # a lookup reads its table when it needs it
         return failure(settings, f"the mapping snapshot is not available ({exc})")
+
+
+def _mutate(request: dict, obj: dict, docs: tuple, rewrites: list[Rewrite] | None) -> dict:
+    ns_doc, cluster_doc = docs
     ephemeral = request.get("subResource") == EPHEMERAL
     fields = podpatch.image_fields(obj.get("spec"), ("ephemeralContainers",) if ephemeral
                                    else ("containers", "initContainers", "ephemeralContainers"),
@@ -120,13 +124,13 @@ def _validate_imagemap(request: dict, obj: dict, settings: Settings) -> dict:
     if error:
         return protocol.deny(f"{where} is invalid: {error}")
     try:
-        doc = snapshot.load_namespace(settings.state_dir, candidate.namespace)
-        snapshot.load_cluster(settings.state_dir)
+        snapshot.open_snapshot(settings.state_dir).close()  # no snapshot yet: cannot judge
+        accepted = snapshot.load_accepted(settings.state_dir, candidate.namespace)
     except snapshot.SnapshotError as exc:
         return protocol.allow([(f"image-mapper could not check {where} against other ImageMaps "
                                f"({exc}); the sync hook will report a conflict in its status")])
     others = [MapInput(candidate.namespace, name, spec.get("created", ""), 0, spec.get("items", []))
-              for name, spec in ((doc or {}).get("accepted") or {}).items() if name != candidate.name]
+              for name, spec in accepted.items() if name != candidate.name and isinstance(spec, dict)]
     issue = check_candidate(candidate, others)
     if issue:
         return protocol.deny(f"{where} conflicts with accepted ImageMaps: {issue}")

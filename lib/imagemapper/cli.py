@@ -269,7 +269,7 @@ def _dump(state_dir: str, namespace: str | None) -> int:
                else snapshot.load_cluster(state_dir))
     except snapshot.SnapshotError as exc:
         raise UsageError(str(exc)) from None
-    print(json.dumps(doc, indent=1, sort_keys=True))
+    print(json.dumps(snapshot.materialize(doc), indent=1, sort_keys=True))
     return 0
 
 

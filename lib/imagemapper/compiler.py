@@ -1,9 +1,9 @@
 """Compile every ImageMap and map file of the cluster into the snapshot.
 
 The work is incremental. Each namespace's inputs are hashed, and a namespace whose
-hash matches the last build (recorded in ``index.json``) is neither recompiled nor
-rewritten. A change to one ImageMap therefore costs work in proportion to its own
-namespace, plus hashing the rest.
+hash matches the last build (recorded in ``index.json``) is not recompiled: its bytes
+are copied from the previous generation of the snapshot file. A change to one ImageMap
+therefore costs compiling its own namespace, plus hashing the rest and copying the file.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[Map
                 for m in maps if verdicts[m.name].ready}
     doc = None
     if im_layer or mf_layer:
-        # "accepted" is for the validating hook; the mutate hook ignores it.
+        # "accepted" is for the validating hook: the builder moves it to a file of its own.
         doc = {"imagemaps": im_layer, "mapfiles": mf_layer,
                "targets": merge_targets(im_targets, mf_targets), "accepted": accepted}
     flat = {name: [v.reason, v.message, v.rules] for name, v in verdicts.items()}
@@ -125,6 +125,16 @@ def _load_index(state_dir: str) -> dict:
     return {"v": snapshot.VERSION, "namespaces": {}, "cluster": {}}
 
 
+def _previous(state_dir: str, index: dict):
+    """The generation this index describes, or None (then everything is recompiled)."""
+    if not index.get("stamp") or index.get("stamp") != _file_stamp(os.path.join(state_dir, snapshot.FILE)):
+        return None  # missing, or changed behind our back
+    try:
+        return snapshot.open_snapshot(state_dir)
+    except snapshot.SnapshotError:
+        return None
+
+
 def group_by_namespace(maps: list[MapInput], configmaps: list[MapFileInput], map_namespace: str):
     """Split inputs into per-namespace groups and the cluster-wide map files."""
     groups: dict[str, tuple[list, list]] = {}
@@ -146,49 +156,91 @@ def _namespace_key(maps: list[MapInput], cms: list[MapFileInput]) -> str:
 
 def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
           map_namespace: str) -> Result:
-    """Bring the snapshot in ``state_dir`` up to date with the given cluster state."""
+    """Bring the snapshot in ``state_dir`` up to date with the given cluster state.
+
+    Unchanged namespaces are carried over byte for byte from the previous generation;
+    only the namespaces whose inputs changed are compiled again.
+    """
     result = Result()
     index = _load_index(state_dir)
     old_ns: dict = index.get("namespaces", {})
+    old = _previous(state_dir, index)
+    carry = _Carry(old)
     new_ns: dict = {}
     groups, cluster_cms = group_by_namespace(maps, configmaps, map_namespace)
-    for namespace in sorted(groups):
-        ns_maps, ns_cms = groups[namespace]
-        new_ns[namespace] = _build_namespace(state_dir, namespace, ns_maps, ns_cms,
-                                             old_ns.get(namespace), result)
+    writer = snapshot.Writer(state_dir)
+    try:
+        for namespace in sorted(groups):
+            ns_maps, ns_cms = groups[namespace]
+            new_ns[namespace] = _build_namespace(writer, carry, namespace, ns_maps, ns_cms,
+                                                 old_ns.get(namespace), result)
+        cluster_entry, cluster_region = _build_cluster(carry, cluster_cms, index.get("cluster") or {}, result)
+        writer.commit(cluster_region, _digest([cluster_entry["hash"], sorted(
+            (ns, entry["hash"]) for ns, entry in new_ns.items())]))
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if old is not None:
+            old.close()
     for gone in set(old_ns) - set(new_ns):
         if snapshot.valid_namespace(gone):
-            snapshot.remove(snapshot.namespace_path(state_dir, gone))
-    cluster_entry = _build_cluster(state_dir, cluster_cms, index.get("cluster") or {}, result)
+            snapshot.remove(snapshot.accepted_path(state_dir, gone))
     result.namespaces = sum(1 for entry in new_ns.values() if entry["rules"])
     snapshot.write_atomic(os.path.join(state_dir, INDEX), json.dumps(
-        {"v": snapshot.VERSION, "namespaces": new_ns, "cluster": cluster_entry}))
+        {"v": snapshot.VERSION, "namespaces": new_ns, "cluster": cluster_entry,
+         "stamp": _file_stamp(os.path.join(state_dir, snapshot.FILE))}))
     snapshot.mark_ready(state_dir)
     return result
 
 
+class _Carry:
+    """Regions of the previous generation that an unchanged input can reuse."""
+
+    def __init__(self, old) -> None:
+        self.old = old
+        self.refs = old.namespaces() if old is not None else {}
+
+    def namespace(self, namespace: str):
+        ref = self.refs.get(namespace)
+        return None if ref is None else snapshot.copy_region(self.old, ref)
+
+    def cluster(self):
+        return None if self.old is None else snapshot.copy_region(self.old, self.old.head["cluster"])
+
+
 def _file_stamp(path: str) -> list | None:
-    """(size, mtime) of a file we wrote, so that a file changed behind our back
-    (deleted, truncated, overwritten) is rewritten on the next sync."""
+    """(size, mtime, inode) of the file we wrote, so that a file changed behind our back
+    (deleted, truncated, overwritten) makes the next sync recompile everything."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
         return None
-    return [info.st_size, info.st_mtime_ns]
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
 
 
-def _build_namespace(state_dir: str, namespace: str, maps: list, cms: list,
+def _build_namespace(writer, carry: _Carry, namespace: str, maps: list, cms: list,
                      previous: dict | None, result: Result) -> dict:
     key = _namespace_key(maps, cms)
-    doc_path = snapshot.namespace_path(state_dir, namespace)
-    if previous and previous.get("hash") == key and previous.get("stamp") == _file_stamp(doc_path):
+    region = None
+    if previous and previous.get("hash") == key and carry.old is not None:
+        region = carry.namespace(namespace)
+        if region is None and previous.get("rules"):
+            previous = None  # the index says there were rules, the file has none: recompile
+    else:
+        previous = None
+    if previous is not None:
         entry = previous
     else:
         doc, verdicts, diags, rules = compile_namespace(namespace, maps, cms)
-        _store(doc_path, doc)
-        entry = {"hash": key, "rules": rules, "verdicts": verdicts, "stamp": _file_stamp(doc_path),
+        accepted = doc.pop("accepted", {}) if doc else {}
+        snapshot.write_accepted(writer.state_dir, namespace, accepted)
+        region = snapshot.encode_region(doc) if doc else None
+        entry = {"hash": key, "rules": rules, "verdicts": verdicts,
                  "diagnostics": [[k[1], v] for k, v in diags.items()]}
         result.recompiled.append(namespace)
+    if region is not None:
+        writer.add_namespace(namespace, *region)
     for name, verdict in entry["verdicts"].items():
         result.verdicts[(namespace, name)] = verdict
     for cm_name, diags in entry["diagnostics"]:
@@ -197,24 +249,17 @@ def _build_namespace(state_dir: str, namespace: str, maps: list, cms: list,
     return entry
 
 
-def _build_cluster(state_dir: str, cms: list, previous: dict, result: Result) -> dict:
+def _build_cluster(carry: _Carry, cms: list, previous: dict, result: Result):
     key = _digest(sorted([c.name, c.data] for c in cms))
-    path = os.path.join(state_dir, snapshot.CLUSTER)
-    if previous.get("hash") == key and previous.get("stamp") == _file_stamp(path):
+    region = carry.cluster() if previous.get("hash") == key else None
+    if region is not None:
         entry = previous
     else:
         doc, diags, rules = compile_cluster(cms)
-        snapshot.write_doc(path, {"generation": key, **doc})
+        region = snapshot.encode_region({"generation": key, **doc})
         entry = {"hash": key, "rules": rules, "diagnostics": [[k[1], v] for k, v in diags.items()],
-                 "namespace": cms[0].namespace if cms else "", "stamp": _file_stamp(path)}
+                 "namespace": cms[0].namespace if cms else ""}
     for cm_name, diags in entry["diagnostics"]:
         result.diagnostics[(entry.get("namespace", ""), cm_name)] = diags
     result.rules["cluster"] = entry["rules"]
-    return entry
-
-
-def _store(path: str, doc: dict | None) -> None:
-    if doc is None:
-        snapshot.remove(path)
-    else:
-        snapshot.write_doc(path, doc)
+    return entry, region

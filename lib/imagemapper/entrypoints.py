@@ -42,26 +42,40 @@ def mutate_main(argv: list[str]) -> int:
         return _print_config("mutate_config")
     from imagemapper import admission
 
+    done: list = []
+
     def handle(context: dict) -> dict:
         settings = _settings()
         request = (context.get("review") or {}).get("request") or {}
         rewrites: list = []
         response = admission.mutate(request, settings, rewrites)
-        _report_mutation(request, response, rewrites, settings)
+        done.append((request, response, rewrites, settings))
         return response
 
+    def after() -> None:
+        if done:
+            _report_mutation(*done[0])
+
     return protocol.admission_main(
-        handle, lambda problem: admission.failure(_safe_settings(), problem))
+        handle, lambda problem: admission.failure(_safe_settings(), problem), after)
 
 
 def _report_mutation(request: dict, response: dict, rewrites: list, settings: Settings) -> None:
-    """Log one line per rewrite and bump the counters; never fails the admission."""
+    """Log one line per rewrite and bump the counters, after the answer is written.
+
+    A dry-run admission changes nothing, so it is logged as such and not counted. The
+    totals are exported by the sync hook's schedule binding (see counters).
+    """
     namespace = request.get("namespace") or ""
     meta = (request.get("object") or {}).get("metadata") or {}
     pod = request.get("name") or meta.get("name") or meta.get("generateName") or ""
+    dry_run = request.get("dryRun") is True
+    extra = {"dryRun": True} if dry_run else {}
     for item in rewrites:
         protocol.log("rewrite", namespace=namespace, pod=pod, container=item.field.key,
-                     image=item.decision.image, to=item.decision.new, rule=item.decision.rule)
+                     image=item.decision.image, to=item.decision.new, rule=item.decision.rule, **extra)
+    if dry_run:
+        return
     result = "patched" if "patch" in response else (
         "unchanged" if response.get("allowed") else "refused")
     per_source: dict[str, int] = {}
@@ -70,13 +84,9 @@ def _report_mutation(request: dict, response: dict, rewrites: list, settings: Se
     increments = [("image_mapper_admissions_total", {"result": result}, 1)]
     increments += [("image_mapper_rewrites_total", {"namespace": namespace, "source": source}, n)
                    for source, n in sorted(per_source.items())]
-    try:
-        from imagemapper import counters
+    from imagemapper import counters
 
-        totals = counters.bump(settings.state_dir, increments)
-        protocol.write_metrics(protocol.counter_metrics(totals))
-    except OSError as exc:
-        protocol.log("metrics not recorded", level="warn", error=str(exc))
+    counters.bump(settings.state_dir, increments)
 
 
 def validate_main(argv: list[str]) -> int:
@@ -99,13 +109,25 @@ def sync_main(argv: list[str]) -> int:
     import os
 
     from imagemapper import sync
+    from imagemapper.counters import BINDING as COUNTERS_BINDING
 
     settings = _settings()
     os.makedirs(settings.state_dir, exist_ok=True)
-    out = sync.run(protocol.read_contexts(), settings)
+    contexts = protocol.read_contexts()
+    if contexts and all(isinstance(c, dict) and c.get("binding") == COUNTERS_BINDING for c in contexts):
+        return _export_counters(settings)
+    out = sync.run(contexts, settings)
     protocol.write_kube_operations(out.operations)
     protocol.write_metrics(out.metrics)
     for line in out.logs:
         line = dict(line)
         protocol.log(line.pop("msg"), level=line.pop("level", "info"), **line)
+    return 0
+
+
+def _export_counters(settings: Settings) -> int:
+    """The one writer of the admission counters (see imagemapper.counters)."""
+    from imagemapper import counters
+
+    protocol.write_metrics(protocol.counter_metrics(counters.totals(settings.state_dir)))
     return 0

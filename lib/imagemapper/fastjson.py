@@ -2,16 +2,46 @@
 
 ``import json`` pulls in ``re`` and ``enum`` and costs about 4 ms, which is half the
 start-up of a bare interpreter. The mutate hook runs as a fresh process for every Pod,
-so this module drives the C accelerator ``_json`` directly. When ``_json`` is missing,
-it falls back to :mod:`json`, which behaves the same.
+so this module drives the C accelerator ``_json`` directly, and must fail exactly where
+:mod:`json` fails, always with :class:`ValueError`:
+
+* ``_json`` reports an error inside an array or object through
+  ``json.decoder.JSONDecodeError``. On 3.10 and 3.11 it only looks that class up in
+  ``sys.modules`` and, when ``json`` was never imported, returns NULL with no exception
+  set: a ``SystemError``. On 3.12+ it imports ``json.decoder`` (and ``re``). So for the
+  duration of a parse we lend it a stand-in module whose error class is a ValueError;
+* deep nesting raises ``RecursionError`` in ``_json`` and in :mod:`json` alike. A value
+  nested that deep is not a document anyone wrote, so it is a ValueError here;
+* :func:`dumps` refuses NaN and infinities (``json`` writes ``NaN``, which no JSON
+  parser in Kubernetes accepts).
+
+``tests/test_fastjson.py`` checks all of this against :mod:`json` as a property test.
 """
 
 from __future__ import annotations
+
+import sys
 
 try:
     import _json
 except ImportError:  # pragma: no cover - CPython always ships _json
     _json = None
+
+DECODER = "json.decoder"
+
+
+class JSONDecodeError(ValueError):
+    """The same constructor as ``json.JSONDecodeError``, which ``_json`` calls."""
+
+    def __init__(self, msg: str, doc: str = "", pos: int = 0):
+        super().__init__(f"{msg} at offset {pos}")
+        self.msg, self.doc, self.pos = msg, doc, pos
+
+
+class _Decoder:
+    """Stand-in for ``json.decoder`` while the scanner runs (see the module docstring)."""
+
+    JSONDecodeError = JSONDecodeError
 
 
 class _Context:
@@ -30,6 +60,7 @@ class _Context:
 
 _scan = _json.make_scanner(_Context()) if _json else None
 _WS = " \t\n\r"
+_INF = float("inf")
 
 
 def loads(text: str):
@@ -38,21 +69,40 @@ def loads(text: str):
         import json
 
         return json.loads(text)
+    if not isinstance(text, str):
+        raise TypeError(f"JSON text must be str, not {type(text).__name__}")
     start = len(text) - len(text.lstrip(_WS))
+    lent = DECODER not in sys.modules
+    if lent:
+        sys.modules[DECODER] = _Decoder
     try:
         value, end = _scan(text, start)
     except StopIteration as exc:
-        raise ValueError(f"invalid JSON at offset {exc.value}") from None
+        raise JSONDecodeError("Expecting value", text, exc.value) from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other scanner failure is bad input too
+        raise ValueError(f"invalid JSON ({type(exc).__name__})") from None
+    finally:
+        if lent and sys.modules.get(DECODER) is _Decoder:
+            del sys.modules[DECODER]
     if text[end:].strip(_WS):
-        raise ValueError(f"extra data after JSON value at offset {end}")
+        raise JSONDecodeError("Extra data", text, end)
     return value
 
 
-def load_file(path: str):
-    """Read and parse a JSON file (UTF-8)."""
+def load_file(path: str, limit: int | None = None):
+    """Read and parse a JSON file (UTF-8), refusing files over ``limit`` bytes."""
     from imagemapper.rawio import read_bytes
 
-    return loads(read_bytes(path).decode("utf-8"))
+    data = read_bytes(path) if limit is None else read_bytes(path, limit)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"JSON file {path} is not UTF-8: {exc}") from None
+    return loads(text)
 
 
 def _encode_str(value: str) -> str:
@@ -65,8 +115,31 @@ def _slow_dumps(value) -> str:  # pragma: no cover
     return json.dumps(value)
 
 
+def _float(value: float) -> str:
+    if not -_INF < value < _INF:  # NaN compares false both ways
+        raise ValueError(f"out of range float value {value!r} is not JSON")
+    return float.__repr__(value)
+
+
+def _key(key) -> str:
+    """Object keys as :mod:`json` writes them."""
+    if isinstance(key, str):
+        return _encode_str(key)
+    if key is True:
+        return '"true"'
+    if key is False:
+        return '"false"'
+    if key is None:
+        return '"null"'
+    if isinstance(key, int):
+        return '"' + int.__repr__(key) + '"'
+    if isinstance(key, float):
+        return '"' + _float(key) + '"'
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
 def dumps(value) -> str:
-    """Serialize dicts, lists, strings, numbers, booleans and None compactly."""
+    """Serialize like ``json.dumps(v, separators=(",", ":"), allow_nan=False)``."""
     if isinstance(value, str):
         return _encode_str(value)
     if value is None:
@@ -75,11 +148,13 @@ def dumps(value) -> str:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return _float(value)
     if isinstance(value, dict):
-        items = (f"{_encode_str(str(k))}:{dumps(v)}" for k, v in value.items())
+        items = (f"{_key(k)}:{dumps(v)}" for k, v in value.items())
         return "{" + ",".join(items) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(dumps(v) for v in value) + "]"
-    raise TypeError(f"cannot serialize {type(value).__name__}")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

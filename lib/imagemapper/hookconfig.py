@@ -7,6 +7,7 @@ because shell-operator routes admission requests by them.
 
 from __future__ import annotations
 
+from imagemapper import counters
 from imagemapper.settings import MAP_FILE_LABEL, MODE_LABEL, Settings
 
 MUTATE_WEBHOOK = "pods.mutate.imagemapper.io"
@@ -112,4 +113,8 @@ def sync_config(settings: Settings) -> dict:
              "keepFullObjectsInMemory": False, "group": SYNC_GROUP, "jqFilter": WEBHOOK_FILTER},
     ]
     return {"configVersion": "v1",
-            "kubernetes": [{**binding, "allowFailure": True} for binding in bindings]}
+            "kubernetes": [{**binding, "allowFailure": True} for binding in bindings],
+            # The admission counters' one writer, in its own queue so that it never waits
+            # for a sync (see imagemapper.counters).
+            "schedule": [{"name": counters.BINDING, "crontab": counters.EXPORT_EVERY,
+                          "queue": "counters"}]}

@@ -23,9 +23,9 @@ from imagemapper import fastjson, rawio
 
 
 def read_contexts(env: dict | None = None) -> list:
-    """The binding-context array of this run."""
+    """The binding-context array of this run (a regular file, size-bounded)."""
     env = rawio.environ() if env is None else env
-    contexts = fastjson.load_file(env["BINDING_CONTEXT_PATH"])
+    contexts = fastjson.load_file(env["BINDING_CONTEXT_PATH"], rawio.READ_LIMIT)
     if not isinstance(contexts, list):
         raise TypeError("binding context is not a JSON array")
     return contexts
@@ -103,12 +103,14 @@ def print_config(config: dict) -> None:
     sys.stdout.write(fastjson.dumps(config) + "\n")
 
 
-def admission_main(handle, failure_response) -> int:
+def admission_main(handle, failure_response, after=None) -> int:
     """Run one admission and always leave exactly one well-formed answer.
 
     ``handle(context) -> response``. If it raises, ``failure_response(message)``
-    decides the answer (the configured failure policy). The process exit code is
-    always 0: a non-zero exit would make shell-operator deny the request.
+    decides the answer (the configured failure policy). ``after()`` runs once the
+    answer is written (bookkeeping: logs, counters); whatever it does or raises cannot
+    change the answer. The process exit code is always 0: a non-zero exit would make
+    shell-operator deny the request.
     """
     response = None
     try:
@@ -117,6 +119,7 @@ def admission_main(handle, failure_response) -> int:
             raise ValueError(f"expected one admission binding context, got {len(contexts)}")
         response = handle(contexts[0])
     except BaseException as exc:  # noqa: BLE001 - the answer must be written whatever happened
+        after = None
         try:
             log("internal error", level="error", error=f"{type(exc).__name__}: {exc}")
             response = failure_response(f"internal error: {type(exc).__name__}: {exc}")
@@ -126,4 +129,9 @@ def admission_main(handle, failure_response) -> int:
         write_response(response)
     except BaseException as exc:  # noqa: BLE001 - nothing else can be done; say so
         sys.stderr.write(f"image-mapper: cannot write the admission response: {exc}\n")
+    if after is not None:
+        try:
+            after()
+        except Exception as exc:  # noqa: BLE001 - bookkeeping never changes the answer
+            sys.stderr.write(f"image-mapper: bookkeeping failed: {type(exc).__name__}: {exc}\n")
     return 0

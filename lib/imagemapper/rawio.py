@@ -10,6 +10,10 @@ matter at that scale, both measured on the hook:
 So the hot path uses the functions here, and code that runs once per sync (making
 directories, say) imports :mod:`os` where it needs it. This is Linux-only, like
 shell-operator.
+
+Reads are defensive: :func:`open_regular` opens without blocking and refuses anything
+but a regular file (a symlink to ``/dev/zero`` or a FIFO would otherwise hang the hook),
+and every read has a size bound.
 """
 
 from __future__ import annotations
@@ -40,22 +44,60 @@ def exists(path: str) -> bool:
     return True
 
 
-def read_bytes(path: str) -> bytes:
-    """The whole content of ``path``."""
-    fd = posix.open(path, posix.O_RDONLY)
+_S_IFMT, _S_IFREG = 0o170000, 0o100000
+READ_LIMIT = 256 << 20  # bytes; shell-operator's largest binding contexts are tens of MB
+
+
+def open_regular(path: str) -> tuple[int, int]:
+    """Open a regular file for reading: (fd, size). Raises OSError for anything else.
+
+    ``O_NONBLOCK`` keeps a FIFO from blocking the open; the ``fstat`` check then refuses
+    devices, FIFOs and sockets, wherever a symlink points.
+    """
+    fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
     try:
+        info = posix.fstat(fd)
+        if info.st_mode & _S_IFMT != _S_IFREG:
+            raise OSError(22, "not a regular file", path)  # EINVAL
+    except BaseException:
+        posix.close(fd)
+        raise
+    return fd, info.st_size
+
+
+def read_bytes(path: str, limit: int = READ_LIMIT) -> bytes:
+    """The whole content of the regular file ``path``, at most ``limit`` bytes."""
+    fd, size = open_regular(path)
+    try:
+        if size > limit:
+            raise OSError(27, f"file is larger than {limit} bytes", path)  # EFBIG
         chunks = []
-        while chunk := posix.read(fd, 1 << 20):
+        total = 0
+        while chunk := posix.read(fd, max(size - total, 0) + 1):
             chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise OSError(27, f"file is larger than {limit} bytes", path)
         return b"".join(chunks)
     finally:
         posix.close(fd)
 
 
+def pread_exact(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset``; a short read (a truncated file) is an OSError."""
+    data = posix.pread(fd, length, offset)
+    while len(data) < length:
+        more = posix.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            raise OSError(5, f"short read: {len(data)} of {length} bytes at offset {offset}")  # EIO
+        data += more
+    return data
+
+
 def write_bytes(path: str, data: bytes, append: bool = False) -> None:
     """Write ``data`` to ``path``, replacing its content or appending to it."""
     flags = posix.O_WRONLY | posix.O_CREAT | (posix.O_APPEND if append else posix.O_TRUNC)
-    fd = posix.open(path, flags, 0o644)
+    fd = posix.open(path, flags | posix.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
         while view:

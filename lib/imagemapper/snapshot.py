@@ -2,36 +2,58 @@
 
 Layout under the state directory (format version ``VERSION``)::
 
-    cluster.snap         {"v", "generation", "mapfiles", "targets"}: the cluster-wide layer;
-                         its presence means "a snapshot exists"
-    ns/<namespace>.snap  {"v", "imagemaps", "mapfiles", "targets", "accepted"}: one per namespace
-                         with rules; "accepted" holds the accepted ImageMaps for the validating hook
-    index.json           the sync hook's bookkeeping (content hash per namespace)
-    ready                written once the first full snapshot is complete
+    rules.snap             every rule of the cluster in one file (below); its presence
+                           means "a snapshot exists"
+    accepted/<ns>.snap     the accepted ImageMaps of one namespace, for the validating
+                           hook only (the mutate hook never reads them)
+    index.json             the sync hook's bookkeeping (content hash per namespace)
+    ready                  written once the first full snapshot is complete
 
-A Pod's admission reads ``cluster.snap`` and its own namespace's file, nothing else,
-so its cost does not depend on the rules of other namespaces. Every file is replaced
-with write-to-temp plus ``os.replace``, so a reader sees the old file or the new one,
-never a partial one.
+``rules.snap`` is one generation of the whole rule set, replaced with write-to-temp plus
+``os.replace``. A Pod's admission opens it once and reads every part it needs from that
+one open file, so it always sees one consistent generation: never a new namespace
+document next to an old cluster document.
 
-Documents are stored with :mod:`marshal`: it is built into the interpreter (nothing to
-import) and loads three times faster than JSON, which matters for a process started
-per Pod. The sync hook and the mutate hook run the same interpreter, and a document
-that does not load (another marshal format, truncation, garbage) is reported as
-corrupt, never used. ``python3 -m imagemapper`` can print any of them as JSON
-(``snapshot-dump``).
+An admission must cost the same whatever the number of rules, so it never loads the
+file whole. The file is a set of *regions* read with ``pread``::
+
+    preamble   magic, then the head region's (offset, length, document offset)
+    region     [tables][document]: a ``marshal`` document whose large dicts (more than
+               INLINE_MAX string keys) are replaced by hashed tables stored in front of it
+    table      (buckets + 1) 8-byte offsets, then one marshal dict per bucket; a key lives
+               in bucket ``crc32(key) % buckets``
+
+The head region holds the format version, the generation, the cluster region's
+reference and the namespace table (namespace -> region reference). One namespace's
+region is position-independent (offsets are relative to it), so an incremental build
+copies the bytes of unchanged namespaces from the previous file. A lookup reads one
+bucket (two ``pread`` calls) and keeps it for the rest of the process.
+
+Every read is bounded by the file's size and every document is type-checked: a file
+that does not parse (truncated, another format, garbage, not a regular file) raises
+:class:`SnapshotError`, never anything else. ``python3 -m imagemapper snapshot-dump``
+prints any part as JSON.
 """
 
 from __future__ import annotations
 
+import binascii  # already loaded on the hot path (the patch is base64)
 import marshal
+import posix
 
 from imagemapper import rawio
 
-VERSION = 1
-CLUSTER = "cluster.snap"
+VERSION = 2
+FILE = "rules.snap"
+ACCEPTED = "accepted"
 SUFFIX = ".snap"
 READY = "ready"
+MAGIC = b"IMSNAP\x00\x02"
+PREAMBLE = len(MAGIC) + 24
+INLINE_MAX = 64          # dicts up to this size stay inside their document
+BUCKET_SIZE = 16         # keys per bucket, on average
+MAX_FILE = 4 << 30       # a snapshot is tens of MB; anything this big is not ours
+TABLES = "\x00tables"    # document key: where the tables of this document go
 
 
 class SnapshotError(Exception):
@@ -45,47 +67,224 @@ def valid_namespace(name: str) -> bool:
     return all(c.isdigit() or ("a" <= c <= "z") or c == "-" for c in name)
 
 
-def namespace_path(state_dir: str, namespace: str) -> str:
+def _u64(data: bytes, at: int) -> int:
+    return int.from_bytes(data[at:at + 8], "little")
+
+
+def _hash(key: str) -> int:
+    return binascii.crc32(key.encode("utf-8", "surrogatepass"))
+
+
+# ----------------------------------------------------------------------------- reading
+
+class Table:
+    """A large dict of the snapshot, read bucket by bucket on demand (``get``, ``in``)."""
+
+    __slots__ = ("_buckets", "_cache", "_file", "_lengths", "_n", "_start")
+
+    def __init__(self, file: Snapshot, start: int, ref: list):
+        self._file = file
+        self._start = start
+        self._n, self._buckets, self._lengths = ref[2], ref[3], ref[4]
+        self._cache: dict[int, dict] = {}
+
+    def _bucket(self, key: str) -> dict:
+        index = _hash(key) % self._buckets
+        bucket = self._cache.get(index)
+        if bucket is None:
+            bounds = self._file.read(self._start + 8 * index, 16)
+            begin, end = _u64(bounds, 0), _u64(bounds, 8)
+            if end < begin:
+                raise SnapshotError(f"corrupt snapshot table at offset {self._start}")
+            bucket = self._file.load(self._start + begin, end - begin, dict)
+            self._cache[index] = bucket
+        return bucket
+
+    def get(self, key, default=None):
+        if not isinstance(key, str) or (self._lengths is not None and len(key) not in self._lengths):
+            return default
+        return self._bucket(key).get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return self.get(key, _MISSING) is not _MISSING
+
+    def __getitem__(self, key):
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def to_dict(self) -> dict:
+        """Every entry (for ``snapshot-dump`` and tests; never on the hot path)."""
+        out: dict = {}
+        bounds = self._file.read(self._start, 8 * (self._buckets + 1))
+        for i in range(self._buckets):
+            begin, end = _u64(bounds, 8 * i), _u64(bounds, 8 * i + 8)
+            out.update(self._file.load(self._start + begin, end - begin, dict))
+        return out
+
+
+_MISSING = object()
+
+
+class Snapshot:
+    """One open generation of ``rules.snap``; every read comes from this one file."""
+
+    def __init__(self, state_dir: str):
+        path = f"{state_dir}/{FILE}"
+        try:
+            self._fd, self.size = rawio.open_regular(path)
+        except OSError as exc:
+            raise SnapshotError(f"cannot read {path}: {exc.strerror or exc}") from None
+        self.path = path
+        try:
+            if self.size > MAX_FILE:
+                raise SnapshotError(f"snapshot file {path} is too large ({self.size} bytes)")
+            pre = self.read(0, PREAMBLE)
+            if pre[:len(MAGIC)] != MAGIC:
+                raise SnapshotError(f"snapshot file {path} is not format version {VERSION}")
+            self.head = self.region([_u64(pre, 8), _u64(pre, 16), _u64(pre, 24)])
+            if self.head.get("v") != VERSION or not isinstance(self.head.get("cluster"), list):
+                raise SnapshotError(f"snapshot file {path} has format version "
+                                    f"{self.head.get('v')!r}, expected {VERSION}")
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise SnapshotError(f"corrupt snapshot file {self.path}: read past the end")
+        try:
+            return rawio.pread_exact(self._fd, length, offset)
+        except OSError as exc:
+            raise SnapshotError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+
+    def load(self, offset: int, length: int, kind: type):
+        try:
+            value = marshal.loads(self.read(offset, length))
+        except (ValueError, EOFError, TypeError) as exc:
+            raise SnapshotError(f"corrupt snapshot file {self.path}: {exc}") from None
+        if not isinstance(value, kind):
+            raise SnapshotError(f"corrupt snapshot file {self.path}: {kind.__name__} expected")
+        return value
+
+    def region(self, ref: list) -> dict:
+        """The document of the region at ``ref`` = [offset, length, document offset]."""
+        if not (isinstance(ref, list) and len(ref) == 3 and all(isinstance(x, int) for x in ref)) \
+                or ref[2] > ref[1]:
+            raise SnapshotError(f"corrupt snapshot file {self.path}: bad region reference")
+        start = ref[0]
+        doc = self.load(start + ref[2], ref[1] - ref[2], dict)
+        for table in doc.pop(TABLES, None) or ():
+            if not (isinstance(table, list) and len(table) == 5 and isinstance(table[0], list)
+                    and table[0] and all(isinstance(x, int) and x >= 0 for x in table[1:4]) and table[3]
+                    and (table[4] is None or isinstance(table[4], frozenset))):
+                raise SnapshotError(f"corrupt snapshot file {self.path}: bad table reference")
+            path, rel = table[0], table[1]
+            try:
+                parent = doc
+                for key in path[:-1]:
+                    parent = parent[key]
+                parent[path[-1]] = Table(self, start + rel, table)
+            except (KeyError, TypeError, IndexError):
+                raise SnapshotError(f"corrupt snapshot file {self.path}: bad table path") from None
+        return doc
+
+    def cluster(self) -> dict:
+        return self.region(self.head["cluster"])
+
+    def namespace(self, namespace: str) -> dict | None:
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a string, not {type(namespace).__name__}")
+        ref = self.head["namespaces"].get(namespace)
+        return None if ref is None else self.region(ref)
+
+    def namespaces(self) -> dict:
+        """namespace -> region reference, for the builder."""
+        found = self.head["namespaces"]
+        return found.to_dict() if isinstance(found, Table) else found
+
+    def close(self) -> None:
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            posix.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def open_snapshot(state_dir: str) -> Snapshot:
+    """The current generation; raises SnapshotError when there is no snapshot yet."""
+    return Snapshot(state_dir)
+
+
+def _guarded(call):
+    try:
+        return call()
+    except SnapshotError:
+        raise
+    except (KeyError, IndexError, AttributeError) as exc:
+        raise SnapshotError(f"corrupt snapshot: {type(exc).__name__}: {exc}") from None
+
+
+def load_for_namespace(state_dir: str, namespace: str) -> tuple[dict | None, dict]:
+    """What a Pod in ``namespace`` needs: (namespace doc or None, cluster doc), one generation."""
+    snap = open_snapshot(state_dir)
+    return _guarded(lambda: (snap.namespace(namespace), snap.cluster()))
+
+
+def load_cluster(state_dir: str) -> dict:
+    snap = open_snapshot(state_dir)
+    return _guarded(snap.cluster)
+
+
+def load_namespace(state_dir: str, namespace: str) -> dict | None:
+    """One namespace's rules, or None when the namespace has none."""
     if not valid_namespace(namespace):
         raise SnapshotError(f"invalid namespace name {namespace!r}")
-    return f"{state_dir}/ns/{namespace}{SUFFIX}"
+    snap = open_snapshot(state_dir)
+    return _guarded(lambda: snap.namespace(namespace))
 
 
-def _read_doc(path: str) -> dict:
+def accepted_path(state_dir: str, namespace: str) -> str:
+    if not valid_namespace(namespace):
+        raise SnapshotError(f"invalid namespace name {namespace!r}")
+    return f"{state_dir}/{ACCEPTED}/{namespace}{SUFFIX}"
+
+
+def load_accepted(state_dir: str, namespace: str) -> dict:
+    """The accepted ImageMaps of one namespace: {name: {"created", "items"}} (validating hook)."""
+    path = accepted_path(state_dir, namespace)
     try:
-        data = rawio.read_bytes(path)
+        data = rawio.read_bytes(path, MAX_FILE)
+    except FileNotFoundError:
+        return {}
     except OSError as exc:
         raise SnapshotError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         doc = marshal.loads(data)
     except (ValueError, EOFError, TypeError) as exc:
         raise SnapshotError(f"corrupt snapshot file {path}: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("v") != VERSION:
-        raise SnapshotError(f"snapshot file {path} has format version "
-                            f"{doc.get('v') if isinstance(doc, dict) else '?'}, expected {VERSION}")
-    return doc
+    if not isinstance(doc, dict) or doc.get("v") != VERSION or not isinstance(doc.get("maps"), dict):
+        raise SnapshotError(f"snapshot file {path} is not format version {VERSION}")
+    return doc["maps"]
 
 
-def load_cluster(state_dir: str) -> dict:
-    """The cluster-wide document; raises SnapshotError when there is no snapshot yet."""
-    return _read_doc(f"{state_dir}/{CLUSTER}")
-
-
-def load_namespace(state_dir: str, namespace: str) -> dict | None:
-    """One namespace's document, or None when the namespace has no rules."""
-    path = namespace_path(state_dir, namespace)
-    try:
-        return _read_doc(path)
-    except SnapshotError:
-        if not rawio.exists(path):
-            return None
-        raise
-
-
-def load_for_namespace(state_dir: str, namespace: str) -> tuple[dict | None, dict]:
-    """What a Pod in ``namespace`` needs: (namespace doc or None, cluster doc)."""
-    cluster = load_cluster(state_dir)
-    return load_namespace(state_dir, namespace), cluster
+def materialize(value):
+    """A copy with every :class:`Table` read into a dict (for JSON output and tests)."""
+    if isinstance(value, Table):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: materialize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [materialize(v) for v in value]
+    return value
 
 
 def is_ready(state_dir: str) -> bool:
@@ -94,13 +293,112 @@ def is_ready(state_dir: str) -> bool:
 
 # ----------------------------------------------------------------------------- writing
 
-def write_atomic(path: str, text: str | bytes) -> None:
-    """Replace ``path`` with ``text`` so that readers never see a partial file.
+def _table_bytes(table: dict) -> tuple[bytes, int, list | None]:
+    buckets = max(1, len(table) // BUCKET_SIZE)
+    slots: list[dict] = [{} for _ in range(buckets)]
+    for key, value in table.items():
+        slots[_hash(key) % buckets][key] = value
+    blobs = [marshal.dumps(slot) for slot in slots]
+    offsets, at = [], 8 * (buckets + 1)
+    for blob in blobs:
+        offsets.append(at)
+        at += len(blob)
+    offsets.append(at)
+    lengths = sorted({len(k) for k in table})
+    head = b"".join(o.to_bytes(8, "little") for o in offsets)
+    return head + b"".join(blobs), buckets, (frozenset(lengths) if len(lengths) <= 64 else None)
 
-    Plain ``os`` calls (:mod:`imagemapper.rawio`): a full rebuild writes one file per
-    namespace.
-    """
+
+def _extract(doc: dict, path: list, out: list) -> dict:
+    """A copy of ``doc`` with large string-keyed dicts moved into ``out`` as (path, dict)."""
+    copy = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            if len(value) > INLINE_MAX and all(isinstance(k, str) for k in value):
+                out.append((path + [key], value))
+                copy[key] = None
+            else:
+                copy[key] = _extract(value, path + [key], out)
+        else:
+            copy[key] = value
+    return copy
+
+
+def encode_region(doc: dict) -> tuple[bytes, int]:
+    """One position-independent region: (bytes, document offset within them)."""
+    found: list = []
+    top = _extract(doc, [], found)
+    parts, at, refs = [], 0, []
+    for path, table in found:
+        blob, buckets, lengths = _table_bytes(table)
+        refs.append([path, at, len(table), buckets, lengths])
+        parts.append(blob)
+        at += len(blob)
+    if refs:
+        top[TABLES] = refs
+    parts.append(marshal.dumps(top))
+    return b"".join(parts), at
+
+
+class Writer:
+    """Assemble one generation of ``rules.snap`` region by region, then commit it."""
+
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+        self.path = f"{state_dir}/{FILE}"
+        self.tmp = f"{self.path}.tmp.{posix.getpid()}"
+        _makedirs(state_dir)
+        self._fd = posix.open(self.tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_CLOEXEC, 0o644)
+        self._at = PREAMBLE
+        _write_all(self._fd, b"\x00" * PREAMBLE)
+        self.namespaces: dict[str, list] = {}
+
+    def add(self, region: bytes, doc_offset: int) -> list:
+        _write_all(self._fd, region)
+        ref = [self._at, len(region), doc_offset]
+        self._at += len(region)
+        return ref
+
+    def add_namespace(self, namespace: str, region: bytes, doc_offset: int) -> None:
+        self.namespaces[namespace] = self.add(region, doc_offset)
+
+    def commit(self, cluster: tuple[bytes, int], generation: str) -> None:
+        cluster_ref = self.add(*cluster)
+        head = self.add(*encode_region({"v": VERSION, "generation": generation,
+                                        "cluster": cluster_ref, "namespaces": self.namespaces}))
+        preamble = MAGIC + b"".join(x.to_bytes(8, "little") for x in head)
+        posix.pwrite(self._fd, preamble, 0)
+        posix.close(self._fd)
+        self._fd = -1
+        posix.rename(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            posix.close(self._fd)
+            self._fd = -1
+        remove(self.tmp)
+
+
+def copy_region(snap: Snapshot, ref: list) -> tuple[bytes, int]:
+    """The bytes of a region of an older generation, to carry it over unchanged."""
+    return snap.read(ref[0], ref[1]), ref[2]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[posix.write(fd, view):]
+
+
+def _makedirs(path: str) -> None:
     import os  # the writer side runs once per sync; the hot path never gets here
+
+    os.makedirs(path, exist_ok=True)
+
+
+def write_atomic(path: str, text: str | bytes) -> None:
+    """Replace ``path`` with ``text`` so that readers never see a partial file."""
+    import os
 
     tmp = f"{path}.tmp.{os.getpid()}"
     data = text.encode("utf-8") if isinstance(text, str) else text
@@ -116,16 +414,18 @@ def write_atomic(path: str, text: str | bytes) -> None:
         raise
 
 
-def write_doc(path: str, doc: dict) -> None:
-    """Write one snapshot document."""
-    write_atomic(path, marshal.dumps({"v": VERSION, **doc}))
+def write_accepted(state_dir: str, namespace: str, maps: dict) -> None:
+    """The accepted ImageMaps of one namespace, or no file when there are none."""
+    path = accepted_path(state_dir, namespace)
+    if maps:
+        write_atomic(path, marshal.dumps({"v": VERSION, "maps": maps}))
+    else:
+        remove(path)
 
 
 def remove(path: str) -> None:
-    import os
-
     try:
-        os.unlink(path)
+        posix.unlink(path)
     except FileNotFoundError:
         pass
 

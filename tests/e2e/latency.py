@@ -272,7 +272,7 @@ def measure_latency(pods: int = PODS, concurrency: tuple[int, ...] = CONCURRENCY
                 namespace = f"latency-{phase}"
                 cp.create_namespace(namespace, labels)
                 cp.apply(imagemap("team-mirror", namespace, rules))
-            wait_until(lambda: (replica.state_dir / "ns" / "latency-in-process.snap").exists(), 30,
+            wait_until(lambda: (replica.state_dir / "accepted" / "latency-in-process.snap").exists(), 30,
                        "the latency namespaces in the snapshot")
             for phase in PHASES:  # warm-up: connections, first hook runs, caches
                 check_phase(cp, phase, api.create_pods(f"latency-{phase}",

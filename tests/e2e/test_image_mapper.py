@@ -548,8 +548,8 @@ def test_restart_rebuilds_the_snapshot(image_mapper: Operators, make_namespace: 
     # The validating webhook fails open (failurePolicy Ignore) while nobody serves it.
     cp.apply(imagemap("team-mirror", ns, TEAM_MIRROR))
     replica = image_mapper.restart()
-    assert (replica.state_dir / "cluster.snap").exists()
-    assert (replica.state_dir / "ns" / f"{ns}.snap").exists()
+    assert (replica.state_dir / "rules.snap").exists()
+    assert (replica.state_dir / "accepted" / f"{ns}.snap").exists()
     wait_ready_state(cp, ns, "team-mirror", "Accepted")
     stored, _ = create_pod(cp, pod("app", ns, "nginx:1.25"))
     assert images_of(stored) == {"containers/c0": "registry.corp/hub/nginx:1.25"}
@@ -563,7 +563,7 @@ def test_damaged_snapshot_with_fail_refuses_until_next_sync(
     ns, trigger = make_namespace("snap"), make_namespace("snap-trigger")
     apply_imagemap(cp, ns)
     image_mapper.primary.wait_sync_idle()
-    snap = image_mapper.primary.state_dir / "cluster.snap"
+    snap = image_mapper.primary.state_dir / "rules.snap"
     if damage == "corrupt":
         snap.write_bytes(b"\x00 not a snapshot \xff")
     else:
@@ -586,7 +586,7 @@ def test_ignore_policy_admits_unchanged(image_mapper: Operators, make_namespace:
     apply_imagemap(cp, ns)
     replica = image_mapper.restart({"IMAGE_MAPPER_FAILURE_POLICY": "Ignore"})
     replica.wait_sync_idle()
-    (replica.state_dir / "cluster.snap").unlink()
+    (replica.state_dir / "rules.snap").unlink()
     stored, stderr = create_pod(cp, pod("nosnap", ns, "nginx:1.25"))
     assert images_of(stored) == {"containers/c0": "nginx:1.25"}
     assert "the mapping snapshot is not available" in stderr and "Ignore" in stderr
