@@ -69,7 +69,8 @@ def kustomize(path: Path) -> str:
     """Render a kustomization with kubectl, or skip when kubectl is missing."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.fail("kubectl is not installed: install it (Debian: apt-get install kubectl, or the upstream binary) to check the bundle")
+        pytest.fail("kubectl is not installed: install it (Debian: apt-get install kubectl, "
+                    "or the upstream binary) to check the bundle")
     res = subprocess.run(
         [kubectl, "kustomize", str(path)],
         capture_output=True, text=True, timeout=60, check=False,
@@ -532,7 +533,7 @@ def check_restricted(pod: Obj) -> list[str]:
     for c in pod.get("initContainers", []) + pod["containers"]:
         sc = c.get("securityContext", {})
         name = c["name"]
-        if not (sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True):
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
             errs.append(f"{name}: runAsNonRoot")
         if sc.get("runAsUser", psc.get("runAsUser")) in (0, None):
             errs.append(f"{name}: runAsUser")

@@ -113,8 +113,8 @@ def test_empty_map_is_invalid():
 
 def test_identical_duplicates_across_maps_are_fine():
     items = [{"from": "input", "to": "x.io/output"}]
-    verdicts = resolve_namespace([imap("test", items), imap("test2", items + [{"from": "input-3", "to": "x.io/output-3"}],
-                                                            created="2024-02-01T00:00:00Z")])
+    more = [*items, {"from": "input-3", "to": "x.io/output-3"}]
+    verdicts = resolve_namespace([imap("test", items), imap("test2", more, created="2024-02-01T00:00:00Z")])
     assert verdicts["test"].ready and verdicts["test2"].ready
 
 
@@ -179,7 +179,8 @@ def test_exclusion_versus_mapping_of_same_from_is_a_conflict():
 
 
 def test_conflict_inside_one_map():
-    verdict = resolve_namespace([imap("m", [{"from": "nginx", "to": "x.io/a"}, {"from": "docker.io/library/nginx", "to": "x.io/b"}])])["m"]
+    items = [{"from": "nginx", "to": "x.io/a"}, {"from": "docker.io/library/nginx", "to": "x.io/b"}]
+    verdict = resolve_namespace([imap("m", items)])["m"]
     assert verdict.reason == "Conflict" and "this ImageMap" in verdict.message
 
 
@@ -213,7 +214,8 @@ def test_self_target_inside_own_range_is_allowed():
 
 
 def test_100k_entries_resolve_in_linear_time():
-    items = [{"from": f"quay.io/org{i // 100}/app{i}", "to": f"mirror.corp/org{i // 100}/app{i}"} for i in range(100_000)]
+    items = [{"from": f"quay.io/org{i // 100}/app{i}", "to": f"mirror.corp/org{i // 100}/app{i}"}
+             for i in range(100_000)]
     verdict = resolve_namespace([imap("big", items)])["big"]
     assert verdict.ready and verdict.rules == 100_000
     layer, targets = imagemap.compile_layer({"big": verdict})

@@ -51,7 +51,8 @@ VALID = [
     ("a/b/c/d", HUB, "a/b/c/d", None, None),
     ("docker.io", HUB, "library/docker.io", None, None),
     # registry detection
-    ("quay.io/jetstack/cert-manager-controller:v1.14.4", "quay.io", "jetstack/cert-manager-controller", "v1.14.4", None),
+    ("quay.io/jetstack/cert-manager-controller:v1.14.4", "quay.io", "jetstack/cert-manager-controller",
+     "v1.14.4", None),
     ("localhost/app", "localhost", "app", None, None),
     ("localhost:5000/app:dev", "localhost:5000", "app", "dev", None),
     ("localhost", HUB, "library/localhost", None, None),
@@ -263,7 +264,7 @@ def test_non_string_input(value):
 
 
 def test_error_message_quotes_input():
-    with pytest.raises(InvalidReference, match='^invalid reference "foo/Bar": repository name must be lowercase$'):
+    with pytest.raises(InvalidReference, match=r'^invalid reference "foo/Bar": repository name must be lowercase$'):
         parse("foo/Bar")
     with pytest.raises(InvalidReference) as err:
         parse("bad\nname" + "x" * 1000)

@@ -248,7 +248,8 @@ def parser() -> argparse.ArgumentParser:
                     help="YAML file of ImageMaps (several documents or a List); repeatable")
     rw.add_argument("-n", "--namespace", default="default", help="the Pod's namespace (default: default)")
     rw.add_argument("--explain", action="store_true", help="show the rule that decided")
-    rw.add_argument("-f", "--filename", metavar="MANIFESTS", help="rewrite Pods and Pod templates in a manifest stream ('-' for stdin)")
+    rw.add_argument("-f", "--filename", metavar="MANIFESTS",
+                    help="rewrite Pods and Pod templates in a manifest stream ('-' for stdin)")
     rw.add_argument("images", nargs="*", metavar="IMAGE")
     plancmd.add_parser(sub, rw)
     ck = sub.add_parser("check", help="lint map files and ImageMaps")

@@ -111,7 +111,8 @@ def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[Map
 def compile_cluster(configmaps: list[MapFileInput]):
     """Compile the cluster-wide map files: (doc, diagnostics, rule count)."""
     layer, targets, diags = mapfile.compile_layer(_files_of(configmaps))
-    return {"mapfiles": layer, "targets": merge_targets(targets)}, _split_diagnostics(diags, configmaps), layer_size(layer)
+    doc = {"mapfiles": layer, "targets": merge_targets(targets)}
+    return doc, _split_diagnostics(diags, configmaps), layer_size(layer)
 
 
 def _load_index(state_dir: str) -> dict:

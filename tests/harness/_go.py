@@ -309,7 +309,7 @@ def yaml_struct_decode(node, fields: dict[str, str]) -> dict:
     rejected, any scalar fits a string field (its source text), YAML 1.1 words
     (yes/no/on/off) fit a bool field, a collection never fits a scalar field.
     """
-    if node is None or isinstance(node, yaml.ScalarNode) and _v3_scalar(node) is None:
+    if node is None or (isinstance(node, yaml.ScalarNode) and _v3_scalar(node) is None):
         return {}
     if not isinstance(node, yaml.MappingNode):
         raise GoYAMLError(f"line {node.start_mark.line + 1}: cannot unmarshal {node.id} into a struct")

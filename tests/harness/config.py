@@ -29,8 +29,8 @@ def _validator() -> jsonschema.Draft4Validator:
     if not _validator_cache:
         schema = yaml.safe_load(goschema.schema_text())
         checker = jsonschema.Draft4Validator.TYPE_CHECKER.redefine(
-            "integer", lambda _c, v: isinstance(v, int) and not isinstance(v, bool)
-            or isinstance(v, float) and v.is_integer())
+            "integer", lambda _c, v: (isinstance(v, int) and not isinstance(v, bool))
+            or (isinstance(v, float) and v.is_integer()))
         cls = jsonschema.validators.extend(jsonschema.Draft4Validator, type_checker=checker)
         _validator_cache.append(cls(schema))
     return _validator_cache[0]

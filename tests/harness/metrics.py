@@ -200,8 +200,8 @@ class MetricsStore:
                 total, count, hits = value
                 for bound, hit in zip(col.buckets, hits):
                     le = _go.go_format_float(float(bound))
-                    lines.append(f"{name}_bucket{_labels(pairs + [('le', le)])} {hit}")
-                lines.append(f"{name}_bucket{_labels(pairs + [('le', '+Inf')])} {count}")
+                    lines.append(f"{name}_bucket{_labels([*pairs, ('le', le)])} {hit}")
+                lines.append(f"{name}_bucket{_labels([*pairs, ('le', '+Inf')])} {count}")
                 lines.append(f"{name}_sum{_labels(pairs)} {_go.go_format_float(total)}")
                 lines.append(f"{name}_count{_labels(pairs)} {count}")
         return "".join(line + "\n" for line in lines)

@@ -1,7 +1,8 @@
 """A shell-operator v1.20.3 emulator for testing hooks without a cluster.
 
 It follows shell-operator's documentation and its Go source at the pinned version:
-where the docs and the code differ, this module does what the code does.  Public API (also re-exported by ``tests/harness/__init__.py``)::
+where the docs and the code differ, this module does what the code does.
+Public API (also re-exported by ``tests/harness/__init__.py``)::
 
     hooks = discover(hooks_dir)                 # [Hook(path, name, root)], sorted by path
     config = load_config(hook, env)             # run `<path> --config`, validate -> HookConfig
