@@ -48,5 +48,5 @@ image:  ## build the runtime image (CONTAINER_TOOL=docker or podman)
 	$(CONTAINER_TOOL) build -t $(IMG) .
 
 clean:
-	rm -rf .pytest_cache .hypothesis .ruff_cache
+	rm -rf .pytest_cache .hypothesis .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -12,8 +12,8 @@ reference:
 
 An entry without ``to`` is an exclusion at its own specificity.
 
-The compiled *layer* is a plain dict, so it round-trips through the JSON snapshot
-without conversion:
+The compiled *layer* is plain dicts, lists and strings, so it goes into the
+(``marshal``) snapshot file without conversion:
 ``{"exact": {ref: [to|None, rule]}, "repo": {name: [...]}, "prefix": {prefix: [...]}}``.
 :func:`lookup` is on the admission hot path and imports nothing but
 :mod:`imagemapper.reference`.

@@ -7,7 +7,8 @@ gives the same result here (``tests/data/imageswap/cases.json``).
 :func:`lookup` runs in the admission hook, a fresh ``python3 -S`` process per Pod, so this
 module imports nothing but :mod:`imagemapper.reference` at module level, and the lookup
 imports :mod:`fnmatch` (and with it ``re``) only for a layer that has ``[REPLACE]`` rules.
-A compiled layer and its targets are plain JSON-able dicts: they go into the snapshot file.
+A compiled layer and its targets are plain dicts and lists: they go into the (``marshal``) snapshot
+file as they are.
 
 Deliberate divergences from imageswap, each also listed in ``docs/mapfiles.md``:
 
