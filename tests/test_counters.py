@@ -13,7 +13,8 @@ from imagemapper import counters
 LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib")
 
 
-@given(st.text(min_size=1, max_size=20), st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=20), max_size=3))
+@given(st.text(min_size=1, max_size=20),
+       st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=20), max_size=3))
 def test_series_file_names_round_trip_and_are_safe(name, labels):
     file_name = counters.series_file(name, labels)
     assert "/" not in file_name and "\x00" not in file_name and file_name not in (".", "..")

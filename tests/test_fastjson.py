@@ -56,7 +56,8 @@ def test_syntax_errors_and_deep_nesting_are_value_errors_in_a_bare_interpreter(t
     code = (f"import sys; sys.path.insert(0, {LIB!r})\nfrom imagemapper import fastjson\n"
             "try:\n    fastjson.loads(sys.stdin.read())\nexcept ValueError as e:\n    print('ValueError')\n"
             "print('json' in sys.modules, 're' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-S", "-c", code], check=False, input=text, capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-S", "-c", code], check=False, input=text, capture_output=True,
+                         text=True, timeout=30)
     assert out.stdout.split("\n")[:2] == ["ValueError", "False False"], out
 
 

@@ -212,7 +212,8 @@ def test_plain_explain_and_arguments(rules_files, capsys):
     maps, imap = rules_files
     _, out, _ = run(capsys, "--imagemap", imap, "--map-file", maps, "-n", "shop", "--explain",
                        "nginx:1.25", "nginx:1.25")
-    assert out == "docker.io/library/nginx:1.25 registry.corp/shop/nginx:1.25\t# imagemap team spec.map[0]: nginx -> registry.corp/shop/nginx\n"
+    assert out == ("docker.io/library/nginx:1.25 registry.corp/shop/nginx:1.25"
+                   "\t# imagemap team spec.map[0]: nginx -> registry.corp/shop/nginx\n")
 
 
 def test_json_format(rules_files, manifest, capsys):
@@ -263,7 +264,8 @@ def test_skopeo_sync_when_one_run_fits(capsys, tmp_path):
                        f"ghcr.io/acme/tool@{D1}", "nginx:1.26")
     assert code == 0
     assert out.startswith("# 4 image(s) to copy, planned by image-mapper. Run:\n"
-                          "#   skopeo sync --all --preserve-digests --src yaml --dest docker THIS-FILE registry.corp/flat\n")
+                          "#   skopeo sync --all --preserve-digests --src yaml --dest docker THIS-FILE"
+                          " registry.corp/flat\n")
     assert yaml.safe_load(out.split("\n", 6)[-1]) == {
         "docker.io": {"images": {"library/nginx": ["1.25", "1.26"]}},
         "ghcr.io": {"images": {"acme/tool": [D1]}},

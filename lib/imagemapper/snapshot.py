@@ -315,10 +315,10 @@ def _extract(doc: dict, path: list, out: list) -> dict:
     for key, value in doc.items():
         if isinstance(value, dict):
             if len(value) > INLINE_MAX and all(isinstance(k, str) for k in value):
-                out.append((path + [key], value))
+                out.append(([*path, key], value))
                 copy[key] = None
             else:
-                copy[key] = _extract(value, path + [key], out)
+                copy[key] = _extract(value, [*path, key], out)
         else:
             copy[key] = value
     return copy
