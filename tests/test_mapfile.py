@@ -114,7 +114,38 @@ def test_diagnostic_str_and_fields():
 def test_error_lines_are_skipped(line, message):
     entries, diags = mapfile.parse("default::ok.io\n" + line + "\n", "s")
     assert [e.key for e in entries] == ["default"]
-    assert msgs(diags, "error") == [("s", 2, message)]
+    [(source, number, text)] = msgs(diags, "error")
+    assert (source, number) == ("s", 2) and text.startswith(message)
+
+
+@pytest.mark.parametrize("line,why", [
+    ("quay.io::https://mirror.corp", "URL scheme 'https://'; image names have none, write 'mirror.corp'"),
+    ("https://quay.io::mirror.corp", "URL scheme 'https://'"),
+    ("quay.io::mirror.corp/Hub", "'Hub' has upper-case letters; repository paths must be lower case"),
+    ("quay.io/MyOrg::mirror.corp", "'MyOrg' has upper-case letters"),
+])
+def test_error_lines_say_why(line, why):
+    _, diags = mapfile.parse(line, "s")
+    assert len(diags) == 1 and why in diags[0].message, diags
+
+
+def test_each_warning_has_the_reason_of_its_cause():
+    text = "quay.io:a.io\nquay.io::b.io\n[REPLACE]*::c.io\n[REPLACE]gcr.io/*::d.io\nbad line\n"
+    _, _, diags = mapfile.compile_layer([("s", text)])
+    assert sorted((d.line, d.reason) for d in diags) == [
+        (1, mapfile.DEPRECATED_SYNTAX), (2, mapfile.DUPLICATE_KEY), (2, mapfile.INACTIVE_RULES),
+        (2, mapfile.SHADOWED_RULE), (4, mapfile.SHADOWED_RULE), (5, mapfile.INVALID_LINES)]
+
+
+def test_shadowed_rules_are_reported_soundly():
+    text = "default::\n[REPLACE]quay.io/*::a.io\n[REPLACE]quay.io/org/*::b.io\n" \
+           "[REPLACE]gcr.io/?x::c.io\n[REPLACE]gcr.io/*::d.io\nquay.io::e.io\n[REPLACE]*::f.io\n"
+    _, _, diags = mapfile.compile_layer([("s", text)])
+    shadowed = sorted(d.line for d in diags if d.reason == mapfile.SHADOWED_RULE)
+    # line 3 lies inside line 2; line 5 is not inside line 4 (a `?` glob); key quay.io keeps
+    # its port-fallback images (quay.io:5000/x), which no glob before [REPLACE]* covers;
+    # line 7 comes after everything else, but shadows the key: globs are tried first.
+    assert shadowed == [3, 6]
 
 
 def test_exact_key_error_names_the_reference_problem():
@@ -147,8 +178,10 @@ def test_several_files_read_as_one_last_duplicate_wins():
     assert swap(layer, "x-yz") == "r3.io/x-yz"
     assert [r[0] for r in layer["replace"]] == ["x-*", "x-y*"]
     assert msgs(diags, "warning") == [
-        ("src1", 2, "key repeats src0 line 2; this line wins"),
-        ("src1", 3, "key repeats src0 line 3; this line wins"),
+        ("src1", 2, "key repeats src0 line 2; this line wins and the earlier one is ignored"),
+        ("src1", 3, "key repeats src0 line 3; this line wins and the earlier one is ignored"),
+        ("src0", 4, "never used: src1 line 3: [REPLACE]x-*::r3.io is tried before it and "
+                    "matches every image this glob matches"),
     ]
     assert "first.io" not in targets["prefix"]
 

@@ -95,9 +95,20 @@ def parse_entry(index: int, item: object) -> Entry:
     try:
         return _build_entry(index, raw_from, raw_to)
     except InvalidReference as exc:
-        raise EntryError(f"{label} (from {raw_from!r}): {exc}") from None
+        raise EntryError(f"{label} (from {raw_from!r}): {exc}{_hint(raw_from, raw_to)}") from None
     except EntryError as exc:
         raise EntryError(f"{label} (from {raw_from!r}): {exc}") from None
+
+
+def _hint(raw_from: str, raw_to: str | None) -> str:
+    """Why the failing reference is wrong, in the user's terms (see hints)."""
+    from imagemapper.hints import why_not_a_name
+
+    for what, text in (("from", raw_from), ("to", raw_to)):
+        hint = why_not_a_name(text.removesuffix("/*")) if text else None
+        if hint:
+            return f" ('{what}': {hint})"
+    return ""
 
 
 def _build_entry(index: int, raw_from: str, raw_to: str | None) -> Entry:
@@ -236,20 +247,37 @@ class Verdict:
         return len(self.entries)
 
 
-def validate_entries(imap: MapInput) -> tuple[list[Entry], str | None]:
-    """Parse every entry; return (entries, error message or None)."""
+def parse_entries(imap: MapInput) -> tuple[list[Entry], list[str]]:
+    """Parse every entry; return (the valid entries, one message per invalid entry)."""
     if not imap.items:
-        return [], "spec.map is empty or missing"
+        return [], ["spec.map is empty or missing: an ImageMap needs at least one entry"]
     entries, errors = [], []
     for index, item in enumerate(imap.items):
         try:
             entries.append(parse_entry(index, item))
         except EntryError as exc:
             errors.append(str(exc))
+    return entries, errors
+
+
+def validate_entries(imap: MapInput) -> tuple[list[Entry], str | None]:
+    """Parse every entry; return (entries, None) or ([], a message naming every bad entry)."""
+    entries, errors = parse_entries(imap)
     if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return [], errors[0] + more
+        return [], "; ".join(errors)
     return entries, None
+
+
+def repeated_entries(entries: list[Entry]) -> list[str]:
+    """Entries that say again what an earlier entry says: harmless, but a sign of a typo."""
+    seen: dict[tuple, Entry] = {}
+    out = []
+    for entry in entries:
+        first = seen.setdefault((entry.from_range, entry.to_range), entry)
+        if first is not entry:
+            out.append(f"{entry.label()} (from {entry.raw_from!r}) repeats {first.label()}; "
+                       "remove one of them")
+    return out
 
 
 def _describe_to(entry: Entry) -> str:

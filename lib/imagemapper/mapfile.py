@@ -69,6 +69,14 @@ NO_DEFAULT_NOSWAP = (
     "noswap_wildcards is inactive without a default key; "
     "add `default::` to keep images unchanged by default"
 )
+# Event reasons, one per cause, so that `kubectl get events --field-selector reason=...`
+# finds one kind of problem.
+INVALID_LINES = "InvalidMapLines"
+DEPRECATED_SYNTAX = "DeprecatedMapSyntax"
+INACTIVE_RULES = "InactiveMapRules"
+DUPLICATE_KEY = "DuplicateMapKey"
+SHADOWED_RULE = "ShadowedMapRule"
+
 INVALID_RESULT = "; result {!r} is not a valid reference, image left unchanged"
 NOT_A_REPO = "; value is not a repository for an image named exactly like the key, image left unchanged"
 
@@ -76,13 +84,14 @@ NOT_A_REPO = "; value is not a repository for an image named exactly like the ke
 class Diagnostic:
     """One problem found in a map file, located by source and 1-based line."""
 
-    __slots__ = ("line", "message", "severity", "source")
+    __slots__ = ("line", "message", "reason", "severity", "source")
 
-    def __init__(self, source: str, line: int, severity: str, message: str):
+    def __init__(self, source: str, line: int, severity: str, message: str, reason: str = ""):
         self.source = source
         self.line = line
         self.severity = severity  # "error" (line skipped) or "warning"
         self.message = message
+        self.reason = reason or (INVALID_LINES if severity == "error" else DEPRECATED_SYNTAX)
 
     def __str__(self) -> str:
         return f"{self.source} line {self.line}: {self.message}"
@@ -142,7 +151,10 @@ def parse(text: str, source: str) -> tuple[list[Entry], list[Diagnostic]]:
         if len(parts) != 2:
             if line.count(":") != 1:
                 many = line.count(":") > 1 and "::" not in line
-                diags.append(Diagnostic(source, number, "error", PORT_ERROR if many else SYNTAX_ERROR))
+                why = PORT_ERROR if many else SYNTAX_ERROR
+                if "://" in line:
+                    why += "; " + _scheme_hint(line)
+                diags.append(Diagnostic(source, number, "error", why))
                 continue
             parts = line.split(":")
             deprecated = True
@@ -172,7 +184,7 @@ def _classify(key: str, value: str) -> tuple[str, str, str | None]:
         return "replace", glob, _replace_value_error(value)
     norm = _registry_key(key)
     if norm is None:
-        return "registry", key, KEY_ERROR
+        return "registry", key, _with_hint(KEY_ERROR, key)
     return "registry", norm, _prefix_value_error(value)
 
 
@@ -213,14 +225,29 @@ def _prefix_value_error(value: str) -> str | None:
         return "a value ending in '-' must give a valid image name when a registry is appended"
     if is_valid(value + "/x"):
         return None
-    return "value must be empty, a registry, registry/path or Docker Hub namespace"
+    return _with_hint("value must be empty, a registry, registry/path or Docker Hub namespace", value)
 
 
 def _replace_value_error(value: str) -> str | None:
     base = value.rstrip("/")
     if not value or (base and is_valid(base + "/x")):
         return None
-    return "[REPLACE] value must be empty, a registry, registry/path or Docker Hub namespace"
+    return _with_hint("[REPLACE] value must be empty, a registry, registry/path or Docker Hub "
+                      "namespace", value)
+
+
+def _with_hint(message: str, text: str) -> str:
+    """Say why ``text`` is not a registry or path: a URL scheme, upper case, ..."""
+    from imagemapper.hints import why_not_a_name
+
+    hint = why_not_a_name(text)
+    return f"{message}; {hint}" if hint else message
+
+
+def _scheme_hint(text: str) -> str:
+    from imagemapper.hints import why_not_a_name
+
+    return why_not_a_name(text) or ""
 
 
 # ---------------------------------------------------------------------------- compiling
@@ -242,12 +269,14 @@ def compile_layer(files: list[tuple[str, str]]) -> tuple[dict | None, dict, list
             old = chosen.get(slot)
             if old is not None:
                 diags.append(Diagnostic(entry.source, entry.line, "warning",
-                                        f"key repeats {old.source} line {old.line}; this line wins"))
+                                        f"key repeats {old.source} line {old.line}; this line "
+                                        "wins and the earlier one is ignored", DUPLICATE_KEY))
             chosen[slot] = entry
     if not chosen:
         return None, _targets({}), diags
     layer = _layer(list(chosen.values()))
     _warn_inactive(layer, list(chosen.values()), diags)
+    _warn_shadowed(list(chosen.values()), diags)
     return layer, _targets(layer), diags
 
 
@@ -274,8 +303,43 @@ def _warn_inactive(layer: dict, entries: list[Entry], diags: list[Diagnostic]) -
     for kind, message in (("registry", NO_DEFAULT), ("noswap", NO_DEFAULT_NOSWAP)):
         first = next((e for e in entries if e.kind == kind), None)
         if first is not None:
-            diags.append(Diagnostic(first.source, first.line, "warning", message))
+            diags.append(Diagnostic(first.source, first.line, "warning", message, INACTIVE_RULES))
             return
+
+
+def _covers(glob: str, pattern: str) -> bool:
+    """True when every string ``pattern`` matches is matched by ``glob`` too.
+
+    Sound, not complete: ``glob`` may use only ``*``, and ``pattern`` no ``?`` or ``[``;
+    then ``pattern`` read literally matching ``glob`` proves the inclusion.
+    """
+    from fnmatch import fnmatchcase
+
+    if "?" in glob or "[" in glob or "?" in pattern or "[" in pattern:
+        return False
+    return fnmatchcase(pattern, glob)
+
+
+def _warn_shadowed(entries: list[Entry], diags: list[Diagnostic]) -> None:
+    """[REPLACE] globs are tried in file order before registry keys; say which never win."""
+    globs = [e for e in entries if e.kind == "replace"]
+    if not globs:
+        return
+    for position, entry in enumerate(globs):
+        earlier = next((g for g in globs[:position] if _covers(g.key, entry.key)), None)
+        if earlier is not None:
+            diags.append(Diagnostic(entry.source, entry.line, "warning",
+                                    f"never used: {earlier.rule} is tried before it and "
+                                    "matches every image this glob matches", SHADOWED_RULE))
+    for entry in entries:
+        if entry.kind != "registry":
+            continue
+        glob = next((g for g in globs if _covers(g.key, entry.key + "/*")
+                     and _covers(g.key, entry.key + ":*")), None)
+        if glob is not None:
+            diags.append(Diagnostic(entry.source, entry.line, "warning",
+                                    f"never used: {glob.rule} is tried first and matches every "
+                                    "image under this key", SHADOWED_RULE))
 
 
 def _targets(layer: dict) -> dict:
