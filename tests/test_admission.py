@@ -244,3 +244,37 @@ def test_validate_map_file_names_the_line(state):
 def test_validate_map_file_deprecated_separator_is_a_warning(state):
     response = admission.validate(mapfile_request({"maps": "default:x.corp\n"}), state)
     assert response["allowed"] is True and any("line 1" in w for w in response["warnings"])
+
+
+def test_validate_denies_every_invalid_entry_not_just_the_first(state):
+    items = [{"from": "Bad Ref"}, {"from": "ok", "to": "x.corp/ok"}, {"from": "https://quay.io/x"}]
+    response = admission.validate(imagemap_request(items), state)
+    assert "spec.map[0]" in response["message"] and "spec.map[2]" in response["message"]
+    assert "more)" not in response["message"]
+    assert "URL scheme 'https://'" in response["message"]
+
+
+def test_validate_imagemap_warns_about_repeated_entries(state):
+    items = [{"from": "redis", "to": "x.corp/redis"}, {"from": "docker.io/library/redis", "to": "x.corp/redis"}]
+    response = admission.validate(imagemap_request(items), state)
+    assert response["allowed"] is True
+    assert response["warnings"] == ['ImageMap "shop/new": spec.map[1] (from '
+                                    "'docker.io/library/redis') repeats spec.map[0]; remove one of them"]
+
+
+def test_validate_map_file_returns_the_compile_warnings_check_shows(state):
+    text = "quay.io::q.corp\nquay.io::q2.corp\n[REPLACE]*::r.corp\n"
+    response = admission.validate(mapfile_request({"maps": text}), state)
+    assert response["allowed"] is True
+    found = " | ".join(response["warnings"])
+    assert "line 2: key repeats" in found and "without a default key" in found
+    assert "never used" in found
+
+
+def test_validate_warnings_fit_the_api_server_limits(state):
+    text = "default::\n" + "".join(f"r{i}.io:x.corp/{'p' * 200}\n" for i in range(60))
+    response = admission.validate(mapfile_request({"maps": text}), state)
+    warnings = response["warnings"]
+    assert all(len(w) <= 256 and w.isprintable() for w in warnings)
+    assert sum(len(w) for w in warnings) <= 4096
+    assert warnings[-1].startswith("and ") and "more warnings: run `image-mapper check`" in warnings[-1]

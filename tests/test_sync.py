@@ -152,3 +152,13 @@ def test_cluster_map_namespace_is_configurable(tmp_path):
     assert cluster["mapfiles"]["default"][0] == "m.corp"
     # a map file in any other namespace (the operator's included) is namespace-scoped
     assert snapshot.load_namespace(str(tmp_path), OPNS)["mapfiles"]["default"][0] == "nope.corp"
+
+
+def test_each_map_file_event_reason_matches_its_cause(settings):
+    text = "quay.io::q.corp\nquay.io::q2.corp\ngcr.io:g.corp\n"
+    out = sync.run(group_context([], [(OPNS, "mixed", {"maps": text})]), settings, now="t")
+    events = {e["object"]["reason"]: e["object"]["message"] for e in ops(out, "CreateIfNotExists")}
+    assert set(events) == {"DuplicateMapKey", "InactiveMapRules", "DeprecatedMapSyntax"}
+    assert "line 2: key repeats" in events["DuplicateMapKey"]
+    assert "without a default key" in events["InactiveMapRules"]
+    assert "line 3: deprecated separator" in events["DeprecatedMapSyntax"]

@@ -134,7 +134,14 @@ def _validate_imagemap(request: dict, obj: dict, settings: Settings) -> dict:
     issue = check_candidate(candidate, others)
     if issue:
         return protocol.deny(f"{where} conflicts with accepted ImageMaps: {issue}")
-    return protocol.allow()
+    return protocol.allow(_imagemap_warnings(obj, where))
+
+
+def _imagemap_warnings(obj: dict, where: str) -> list[str]:
+    """What `image-mapper check` would warn about, within the API server's limits."""
+    from imagemapper import lint
+
+    return lint.fit_warnings([f"{where}: {w}" for w in lint.imagemap_problems(obj)[1]])
 
 
 def _is_mapfile(obj: object) -> bool:
@@ -179,8 +186,19 @@ def _validate_mapfile(request: dict, obj: dict) -> dict:
                 warnings.append(f"{diag} (already there; not changed by this request)")
             else:
                 warnings.append(str(diag))
+    warnings += _compile_warnings(cm)
+    from imagemapper.lint import fit_warnings
+
     if errors:
         shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
         return protocol.deny(f"map file has {len(errors)} invalid line"
-                             f"{'s' if len(errors) != 1 else ''}: {shown}", warnings[:20])
-    return protocol.allow(warnings[:20])
+                             f"{'s' if len(errors) != 1 else ''}: {shown}", fit_warnings(warnings))
+    return protocol.allow(fit_warnings(warnings))
+
+
+def _compile_warnings(cm) -> list[str]:
+    """Warnings only the whole ConfigMap shows: no default, repeated keys, shadowed rules."""
+    from imagemapper import lint, mapfile
+
+    return [str(d) for d in lint.mapfile_diagnostics(cm)
+            if d.severity != "error" and d.reason != mapfile.DEPRECATED_SYNTAX]

@@ -79,7 +79,7 @@ def layer_size(layer: dict | None) -> int:
 
 def _diag_dict(diag) -> dict:
     return {"source": diag.source, "line": diag.line, "severity": diag.severity,
-            "message": diag.message, "text": str(diag)}
+            "message": diag.message, "text": str(diag), "reason": diag.reason}
 
 
 def _split_diagnostics(diags: list, configmaps: list[MapFileInput]) -> dict[tuple[str, str], list[dict]]:

@@ -223,15 +223,23 @@ def _mapfile_events(out: Output, cm: compiler.MapFileInput, diags: list[dict], n
                          "diagnostics not logged; run `image-mapper check` on the file"})
     if deleting:
         return  # no Events about objects being deleted (the namespace may be Terminating)
-    errors = [d for d in diags if d["severity"] == "error"]
-    shown = errors or diags
-    text = "; ".join(d["text"] for d in shown[:5]) + (
-        f"; and {len(shown) - 5} more" if len(shown) > 5 else "")
-    reason = "InvalidMapLines" if errors else "DeprecatedMapSyntax"
     involved = {"apiVersion": "v1", "kind": "ConfigMap", "name": cm.name,
                 "namespace": cm.namespace, "uid": cm.uid}
-    out.operations.append(_event(cm.namespace, involved, reason, text,
-                                 "Warning", now, [cm.uid, cm.data, reason]))
+    for reason, group in _by_reason(diags).items():  # one Event per cause, named for it
+        text = "; ".join(d["text"] for d in group[:5]) + (
+            f"; and {len(group) - 5} more" if len(group) > 5 else "")
+        out.operations.append(_event(cm.namespace, involved, reason, text,
+                                     "Warning", now, [cm.uid, cm.data, reason]))
+
+
+def _by_reason(diags: list[dict]) -> dict[str, list[dict]]:
+    """Diagnostics grouped by Event reason (mapfile's constants), in order of first use."""
+    out: dict[str, list[dict]] = {}
+    for diag in diags:
+        reason = diag.get("reason") or ("InvalidMapLines" if diag["severity"] == "error"
+                                        else "DeprecatedMapSyntax")
+        out.setdefault(reason, []).append(diag)
+    return out
 
 
 def _reinvocation(out: Output, items: list[dict], name: str) -> None:
