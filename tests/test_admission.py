@@ -258,8 +258,8 @@ def test_validate_imagemap_warns_about_repeated_entries(state):
     items = [{"from": "redis", "to": "x.corp/redis"}, {"from": "docker.io/library/redis", "to": "x.corp/redis"}]
     response = admission.validate(imagemap_request(items), state)
     assert response["allowed"] is True
-    assert response["warnings"] == ['ImageMap "shop/new": spec.map[1] (from '
-                                    "'docker.io/library/redis') repeats spec.map[0]; remove one of them"]
+    assert response["warnings"] == [('ImageMap "shop/new": spec.map[1] (from '
+                                    "'docker.io/library/redis') repeats spec.map[0]; remove one of them")]
 
 
 def test_validate_map_file_returns_the_compile_warnings_check_shows(state):

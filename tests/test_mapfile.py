@@ -180,8 +180,8 @@ def test_several_files_read_as_one_last_duplicate_wins():
     assert msgs(diags, "warning") == [
         ("src1", 2, "key repeats src0 line 2; this line wins and the earlier one is ignored"),
         ("src1", 3, "key repeats src0 line 3; this line wins and the earlier one is ignored"),
-        ("src0", 4, "never used: src1 line 3: [REPLACE]x-*::r3.io is tried before it and "
-                    "matches every image this glob matches"),
+        ("src0", 4, ("never used: src1 line 3: [REPLACE]x-*::r3.io is tried before it and "
+                    "matches every image this glob matches")),
     ]
     assert "first.io" not in targets["prefix"]
 
