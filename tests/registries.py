@@ -229,6 +229,24 @@ class TokenServer:
 
 # ----------------------------------------------------------------------------- registry
 
+def ca_signed(workdir: str, names: tuple[str, ...]) -> tuple[str, str, str]:
+    """A CA and a serving certificate for DNS ``names``, signed by it: (ca.pem, cert.pem, key.pem)."""
+    ca, ca_key = os.path.join(workdir, "ca.crt"), os.path.join(workdir, "ca.key")
+    cert, key, csr = (os.path.join(workdir, f"serving.{ext}") for ext in ("crt", "key", "csr"))
+    ext = os.path.join(workdir, "serving.ext")
+    with open(ext, "w") as handle:
+        handle.write("subjectAltName=" + ",".join(f"DNS:{n}" for n in names) + "\n")
+    for argv in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=image-mapper test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={names[0]}"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
 def self_signed(workdir: str, ip: str) -> tuple[str, str]:
     """A self-signed serving certificate for an IP address: (cert.pem, key.pem)."""
     cert, key = os.path.join(workdir, "tls.crt"), os.path.join(workdir, "tls.key")
@@ -242,21 +260,21 @@ class Registry:
     """One ``docker-registry serve`` process on 127.0.0.1, stopped by PID."""
 
     def __init__(self, workdir: str, name: str = "registry", htpasswd: dict[str, str] | None = None,
-                 token: TokenServer | None = None, tls: bool = False):
+                 token: TokenServer | None = None, tls: bool = False, listen: str | None = None,
+                 certificate: tuple[str, str] | None = None):
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
+        self.host = listen or f"127.0.0.1:{free_port()}"
         config = {
             "version": 0.1, "log": {"level": "warn", "accesslog": {"disabled": True}},
             "storage": {"filesystem": {"rootdirectory": os.path.join(self.dir, "storage")},
                         "delete": {"enabled": True}},
             "http": {"addr": self.host, "secret": "image-mapper-tests"},
         }
-        if tls:
-            self.cert, key = self_signed(self.dir, "127.0.0.1")
+        if tls or certificate:
+            self.cert, key = certificate or self_signed(self.dir, "127.0.0.1")
             config["http"]["tls"] = {"certificate": self.cert, "key": key}
-        self.scheme = "https" if tls else "http"
+        self.scheme = "https" if tls or certificate else "http"
         if htpasswd:
             path = os.path.join(self.dir, "htpasswd")
             with open(path, "w") as handle:

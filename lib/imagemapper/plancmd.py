@@ -114,6 +114,7 @@ def _check(plan: planlib.Plan, args: argparse.Namespace) -> int:
     else:
         for pair in pairs:
             print(_check_line(pair, results[str(pair.destination)]))
+    sys.stdout.flush()  # the summary follows the lines, also when both go to one pipe
     counts = {s: sum(1 for r in results.values() if r.status == s)
               for s in (registry.PRESENT, registry.MISSING)}
     unchecked = len(results) - counts[registry.PRESENT] - counts[registry.MISSING]
