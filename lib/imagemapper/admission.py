@@ -7,7 +7,7 @@ is on the hot path, so the validate side imports its extra modules lazily.
 
 from __future__ import annotations
 
-from imagemapper import podpatch, protocol, rules, snapshot
+from imagemapper import kube, podpatch, protocol, rules, snapshot
 from imagemapper.settings import MAP_FILE_LABEL, Settings
 
 EPHEMERAL = "ephemeralcontainers"
@@ -37,11 +37,6 @@ def failure(settings: Settings, problem: str) -> dict:
                          "IMAGE_MAPPER_FAILURE_POLICY=Fail; retry in a few seconds, check the "
                          "image-mapper Pods in the operator namespace, or see the break-glass "
                          "steps in docs/operations.md")
-
-
-def _object_name(request: dict, obj: dict) -> str:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    return request.get("name") or meta.get("name") or meta.get("generateName") or "<unnamed>"
 
 
 def mutate(request: dict, settings: Settings, rewrites: list[Rewrite] | None = None) -> dict:
@@ -104,7 +99,7 @@ def validate(request: dict, settings: Settings) -> dict:
     obj = request.get("object")
     if request.get("operation") not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
         return protocol.allow()
-    kind = (request.get("kind") or {}).get("kind") or obj.get("kind")
+    kind = kube.text(request, "kind", "kind") or kube.text(obj, "kind")
     if kind == "ImageMap":
         return _validate_imagemap(request, obj, settings)
     if kind == "ConfigMap":
@@ -116,7 +111,8 @@ def _validate_imagemap(request: dict, obj: dict, settings: Settings) -> dict:
     from imagemapper.imagemap import MapInput, check_candidate, validate_entries
 
     candidate = MapInput.from_object(obj)
-    where = f'ImageMap "{candidate.namespace}/{candidate.name or _object_name(request, obj)}"'
+    name = candidate.name or kube.object_name(request, obj) or "<unnamed>"
+    where = f'ImageMap "{candidate.namespace}/{name}"'
     old = request.get("oldObject")
     if isinstance(old, dict) and old.get("spec") == obj.get("spec"):
         return protocol.allow()  # metadata-only update: never block it
@@ -145,9 +141,7 @@ def _imagemap_warnings(obj: dict, where: str) -> list[str]:
 
 
 def _is_mapfile(obj: object) -> bool:
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    return isinstance(labels, dict) and labels.get(MAP_FILE_LABEL) == "true"
+    return kube.resolve(obj, "metadata", "labels", MAP_FILE_LABEL) == "true"
 
 
 def _error_lines(text: str) -> set:

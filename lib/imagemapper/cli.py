@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imagemapper import compiler, plancmd, podpatch, rules
+from imagemapper import compiler, kube, plancmd, podpatch, rules
 from imagemapper.imagemap import MapInput
 
 # kind -> (pointer of the Pod spec, pointer of the object whose metadata is annotated)
@@ -146,9 +146,8 @@ def rewrite_object(obj: object, rules_: Rules, explain: bool) -> None:
 
     spec_pointer, owner_pointer = POD_SPECS[obj["kind"]]
     spec = podpatch.at_pointer(obj, spec_pointer)
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    name = f"{obj['kind']}/{meta.get('name', '?')}"
-    namespace = meta.get("namespace") or rules_.namespace
+    name = f"{obj['kind']}/{kube.text(obj, 'metadata', 'name') or '?'}"
+    namespace = kube.text(obj, "metadata", "namespace") or rules_.namespace
     changes = []
     for field in podpatch.image_fields(spec):
         if not isinstance(field.image, str):

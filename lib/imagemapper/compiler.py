@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 
-from imagemapper import imagemap, mapfile, snapshot
+from imagemapper import imagemap, kube, mapfile, snapshot
 from imagemapper.imagemap import MapInput
 from imagemapper.rules import merge_targets
 
@@ -32,11 +32,9 @@ class MapFileInput:
         self.label = label  # overrides the source text (the CLI names files, not ConfigMaps)
 
     @classmethod
-    def from_object(cls, obj: dict) -> MapFileInput:
-        meta = obj.get("metadata") or {}
-        data = obj.get("data")
-        return cls(meta.get("namespace") or "", meta.get("name") or "", meta.get("uid") or "",
-                   data if isinstance(data, dict) else {})
+    def from_object(cls, obj: object) -> MapFileInput:
+        return cls(kube.text(obj, "metadata", "namespace"), kube.text(obj, "metadata", "name"),
+                   kube.text(obj, "metadata", "uid"), kube.mapping(obj, "data"))
 
     def files(self) -> list[tuple[str, str]]:
         """(source, text) per key in key order; the source names ConfigMap and key."""

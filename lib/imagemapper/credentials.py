@@ -22,6 +22,8 @@ import os
 import subprocess
 import threading
 
+from imagemapper import kube
+
 HELPER_TIMEOUT = 10  # seconds a docker-credential-* helper may take
 _HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/")
 
@@ -83,13 +85,13 @@ class CredentialStore:
         """The credential for ``domain/path``: the most specific key of the first file with one."""
         candidates = [f"{domain}/{path}"[: cut] for cut in _cuts(f"{domain}/{path}")] if path else [domain]
         for source, doc in self._documents():
-            auths = doc.get("auths") if isinstance(doc.get("auths"), dict) else {}
+            auths = kube.mapping(doc, "auths")
             entries = {_normalize_key(k): v for k, v in auths.items() if isinstance(v, dict)}
             for key in candidates:
                 cred = _from_entry(entries.get(key), source)
                 if cred is not None:
                     return cred
-            helpers = doc.get("credHelpers") if isinstance(doc.get("credHelpers"), dict) else {}
+            helpers = kube.mapping(doc, "credHelpers")
             helper = helpers.get(domain) or doc.get("credsStore")
             if isinstance(helper, str) and helper:
                 cred = run_helper(helper, domain)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from imagemapper import protocol
+from imagemapper import kube, protocol
 from imagemapper.settings import Settings, SettingsError, from_env
 
 
@@ -46,7 +46,7 @@ def mutate_main(argv: list[str]) -> int:
 
     def handle(context: dict) -> dict:
         settings = _settings()
-        request = (context.get("review") or {}).get("request") or {}
+        request = kube.mapping(context, "review", "request")
         rewrites: list = []
         response = admission.mutate(request, settings, rewrites)
         done.append((request, response, rewrites, settings))
@@ -66,9 +66,8 @@ def _report_mutation(request: dict, response: dict, rewrites: list, settings: Se
     A dry-run admission changes nothing, so it is logged as such and not counted. The
     totals are exported by the sync hook's schedule binding (see counters).
     """
-    namespace = request.get("namespace") or ""
-    meta = (request.get("object") or {}).get("metadata") or {}
-    pod = request.get("name") or meta.get("name") or meta.get("generateName") or ""
+    namespace = kube.text(request, "namespace")
+    pod = kube.object_name(request, request.get("object"))
     dry_run = request.get("dryRun") is True
     extra = {"dryRun": True} if dry_run else {}
     for item in rewrites:
@@ -95,7 +94,7 @@ def validate_main(argv: list[str]) -> int:
     from imagemapper import admission
 
     def handle(context: dict) -> dict:
-        request = (context.get("review") or {}).get("request") or {}
+        request = kube.mapping(context, "review", "request")
         return admission.validate(request, _settings())
 
     return protocol.admission_main(handle, lambda problem: protocol.allow(

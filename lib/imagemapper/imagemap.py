@@ -21,6 +21,7 @@ The compiled *layer* is plain dicts, lists and strings, so it goes into the
 
 from __future__ import annotations
 
+from imagemapper import kube
 from imagemapper.reference import (
     InvalidReference,
     name_prefixes,
@@ -214,14 +215,11 @@ class MapInput:
         self.items = items
 
     @classmethod
-    def from_object(cls, obj: dict) -> MapInput:
+    def from_object(cls, obj: object) -> MapInput:
         """Build from an ImageMap object (or a jqFilter result of the same shape)."""
-        meta = obj.get("metadata") or {}
-        spec = obj.get("spec") or {}
-        items = spec.get("map") if isinstance(spec, dict) else None
-        return cls(meta.get("namespace") or "", meta.get("name") or "",
-                   meta.get("creationTimestamp") or "", meta.get("generation") or 0,
-                   items if isinstance(items, list) else [])
+        return cls(kube.text(obj, "metadata", "namespace"), kube.text(obj, "metadata", "name"),
+                   kube.text(obj, "metadata", "creationTimestamp"),
+                   kube.whole(obj, "metadata", "generation"), kube.items(obj, "spec", "map"))
 
     def order_key(self) -> tuple[str, str]:
         """Older maps win; the name breaks ties, so every replica agrees."""

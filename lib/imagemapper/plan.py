@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 
+from imagemapper import kube
 from imagemapper.podpatch import ANNOTATION, at_pointer, image_fields
 from imagemapper.reference import InvalidReference, Reference, parse
 
@@ -153,10 +154,9 @@ def object_uses(obj: object, pod_specs: dict, default_namespace: str) -> list[Us
     if not isinstance(obj, dict) or obj.get("kind") not in pod_specs:
         return []
     spec_pointer, owner_pointer = pod_specs[obj["kind"]]
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    namespace = meta.get("namespace") or default_namespace
+    namespace = kube.text(obj, "metadata", "namespace") or default_namespace
     originals = _originals(at_pointer(obj, owner_pointer).get("metadata"))
-    label = f"{namespace}/{obj['kind']}/{meta.get('name', '?')}"
+    label = f"{namespace}/{obj['kind']}/{kube.text(obj, 'metadata', 'name') or '?'}"
     return [Use(originals.get(field.key, field.image), namespace, f"{label} {field.key}")
             for field in image_fields(at_pointer(obj, spec_pointer))]
 

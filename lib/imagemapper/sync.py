@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 
-from imagemapper import compiler, protocol, snapshot
+from imagemapper import compiler, kube, protocol, snapshot
 from imagemapper.hookconfig import MUTATE_WEBHOOK
 from imagemapper.imagemap import MapInput
 from imagemapper.settings import Settings
@@ -60,29 +60,25 @@ def _items(contexts: list, binding: str) -> list[dict]:
 def _imagemap_of(item: dict) -> tuple[MapInput, dict, str, bool] | None:
     """(resolver input, current status, uid, being deleted) from a snapshot item."""
     found = item.get("filterResult")
-    obj = item.get("object") if isinstance(item.get("object"), dict) else {}
+    obj = kube.mapping(item, "object")
     if not isinstance(found, dict):
         if not obj:
             return None
-        meta = obj.get("metadata") or {}
+        meta = kube.mapping(obj, "metadata")
         found = {"name": meta.get("name"), "namespace": meta.get("namespace"),
                  "uid": meta.get("uid"), "generation": meta.get("generation"),
                  "created": meta.get("creationTimestamp"), "spec": obj.get("spec"),
                  "deleting": bool(meta.get("deletionTimestamp"))}
-    spec = found.get("spec") if isinstance(found.get("spec"), dict) else {}
-    items = spec.get("map") if isinstance(spec.get("map"), list) else []
-    imap = MapInput(found.get("namespace") or "", found.get("name") or "",
-                    found.get("created") or "", found.get("generation") or 0, items)
-    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
-    return imap, status, found.get("uid") or "", found.get("deleting") is True
+    imap = MapInput(kube.text(found, "namespace"), kube.text(found, "name"), kube.text(found, "created"),
+                    kube.whole(found, "generation"), kube.items(found, "spec", "map"))
+    return imap, kube.mapping(obj, "status"), kube.text(found, "uid"), found.get("deleting") is True
 
 
 def _mapfile_of(item: dict) -> compiler.MapFileInput | None:
     found = item.get("filterResult")
     if isinstance(found, dict):
-        data = found.get("data") if isinstance(found.get("data"), dict) else {}
-        return compiler.MapFileInput(found.get("namespace") or "", found.get("name") or "",
-                                     found.get("uid") or "", data)
+        return compiler.MapFileInput(kube.text(found, "namespace"), kube.text(found, "name"),
+                                     kube.text(found, "uid"), kube.mapping(found, "data"))
     if isinstance(item.get("object"), dict):
         return compiler.MapFileInput.from_object(item["object"])
     return None
@@ -93,8 +89,7 @@ def _deleting(item: dict) -> bool:
     found = item.get("filterResult")
     if isinstance(found, dict) and "deleting" in found:
         return found.get("deleting") is True
-    obj = item.get("object") if isinstance(item.get("object"), dict) else {}
-    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+    return bool(kube.resolve(item, "object", "metadata", "deletionTimestamp"))
 
 
 def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
@@ -208,8 +203,8 @@ def _mapfile_events(out: Output, cm: compiler.MapFileInput, diags: list[dict], n
         return
     key = f"{cm.namespace}/{cm.name}"
     digest = _short(repr([cm.uid, [(d["severity"], d["text"]) for d in diags]]))
-    seen = before.get(key) if isinstance(before.get(key), dict) else {}
-    known = set(seen.get("lines") or [])
+    seen = kube.mapping(before, key)
+    known = set(kube.items(seen, "lines"))
     reported[key] = {"digest": digest, "lines": sorted(_short(d["text"]) for d in diags)}
     if seen.get("digest") == digest:
         return
