@@ -17,16 +17,19 @@ import sys
 from imagemapper import plan as planlib
 
 EXIT_MISSING, EXIT_UNCHECKED = 1, 3
+# Every kind that holds a Pod spec, fully qualified so that no aggregated API can shadow one.
+POD_KINDS = ("pods", "podtemplates", "replicationcontrollers", "deployments.apps", "replicasets.apps",
+             "statefulsets.apps", "daemonsets.apps", "jobs.batch", "cronjobs.batch")
+KUBECTL_TIMEOUT = 120.0  # one List of a whole cluster can take a while
 _RULE_OPTIONS_SKIPPED = {"help", "filename", "explain", "images"}
 
 
 def add_parser(sub, rewrite: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``plan`` subcommand; it takes every rule option that ``rewrite`` takes."""
+    """The ``plan`` subcommand; it also takes every rule option that ``rewrite`` takes."""
     pl = sub.add_parser("plan", help="list the images to copy (source -> destination); --check them",
-                        description=__doc__.split("\n\n")[0])
-    for action in rewrite._actions:  # the same rule options, so the two never drift apart
-        if action.dest not in _RULE_OPTIONS_SKIPPED:
-            pl._add_action(action)
+                        description="List the copies the rules imply (source -> destination), once each, "
+                                    "for a copy tool; --check asks each destination registry. "
+                                    "See docs/relocating.md.")
     pl.add_argument("-f", "--filename", action="append", default=[], metavar="MANIFESTS",
                     help="plan the Pods and Pod templates of a manifest stream ('-' for stdin); repeatable")
     pl.add_argument("--from-cluster", action="store_true",
@@ -48,6 +51,10 @@ def add_parser(sub, rewrite: argparse.ArgumentParser) -> argparse.ArgumentParser
     pl.add_argument("--parallel", type=int, default=8, metavar="N",
                     help="--check: images checked at once (default 8)")
     pl.add_argument("images", nargs="*", metavar="IMAGE")
+    for action in rewrite._actions:  # the same rule options, so the two commands never drift apart
+        taken = any(o in pl._option_string_actions for o in action.option_strings)
+        if action.dest not in _RULE_OPTIONS_SKIPPED and action.option_strings and not taken:
+            pl._add_action(action)
     return pl
 
 
@@ -59,12 +66,12 @@ def _uses(args: argparse.Namespace) -> list[planlib.Use]:
     for path in args.filename:
         objects += cli._yaml_docs(path, cli._read(path))
     if args.from_cluster:
-        from imagemapper import kubectl
+        from imagemapper import kubeclient
 
-        try:
-            objects += kubectl.get_all(context=args.context)
-        except kubectl.KubectlError as exc:
-            raise cli.UsageError(str(exc)) from None
+        try:  # one List of every kind that holds a Pod spec
+            objects += kubeclient.Kubectl(context=args.context, timeout=KUBECTL_TIMEOUT).list(",".join(POD_KINDS))
+        except kubeclient.KubectlError as exc:
+            raise cli.UsageError(f"--from-cluster: {exc}") from None
     for obj in objects:
         uses += planlib.object_uses(obj, cli.POD_SPECS, args.namespace)
     return uses
