@@ -126,7 +126,8 @@ def test_exactly_three_hooks_with_valid_configs(state):
                                             ("IMAGE_MAPPER_NAMESPACE_MODE", "maybe"),
                                             ("IMAGE_MAPPER_TIMEOUT_SECONDS", "99"),
                                             ("IMAGE_MAPPER_STATE_DIR", "relative/dir"),
-                                            ("IMAGE_MAPPER_MAP_NAMESPACE", "Not_A_Namespace")])
+                                            ("IMAGE_MAPPER_MAP_NAMESPACE", "Not_A_Namespace"),
+                                            ("IMAGE_MAPPER_EXCLUDE_NAMESPACES", "ingress,Not_A_Namespace")])
 def test_bad_setting_fails_config_naming_the_variable(state, variable, value):
     for name in ("mutate.py", "validate.py", "sync.py"):
         with pytest.raises(Exception) as err:
@@ -149,6 +150,14 @@ def test_opt_out_and_opt_in_selectors(state):
     assert ignore["failurePolicy"] == "Ignore" and ignore["timeoutSeconds"] == 5
     assert {r["operations"][0] for r in webhook["rules"]} == {"CREATE", "UPDATE"}
     assert sorted(res for r in webhook["rules"] for res in r["resources"]) == ["pods", "pods/ephemeralcontainers"]
+
+
+def test_excluded_namespaces_are_outside_the_webhook_selector(state):
+    env = make_env(state, IMAGE_MAPPER_EXCLUDE_NAMESPACES="ingress-nginx, cert-manager,calico-system")
+    webhook = load_config(hook("mutate.py"), env).admission(MUTATE).raw
+    assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+            "values": ["calico-system", "cert-manager", OPNS, "ingress-nginx", "kube-system"]} in \
+        webhook["namespace"]["labelSelector"]["matchExpressions"]
 
 
 # ----------------------------------------------------------------------------- mutate

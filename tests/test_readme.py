@@ -37,7 +37,8 @@ def installed(tmp_path_factory) -> str:
     """A virtualenv with ``pip install .`` of the tracked files; returns its bin dir."""
     base = tmp_path_factory.mktemp("pip-install")
     src = base / "src"
-    files = subprocess.run(["git", "ls-files", "lib", "pyproject.toml", "README.md"], cwd=ROOT,
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
+                            "lib", "pyproject.toml", "README.md"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:  # a copy, so that the build leaves no build/ or egg-info in the clone
         (src / name).parent.mkdir(parents=True, exist_ok=True)

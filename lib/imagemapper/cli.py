@@ -1,24 +1,33 @@
-"""``python3 -m imagemapper``: preview rewrites and lint rules, with no cluster needed.
+"""The image-mapper command: preview rewrites, lint rule files, explain the live cluster.
 
-    rewrite [--map-file F]... [--ns-map-file F]... [--imagemap F]... [-n NS] [--explain] IMAGE...
-    rewrite [same options] -f MANIFESTS.yaml
+    rewrite [RULE OPTIONS] [-n NS] [--explain] IMAGE...
+    rewrite [RULE OPTIONS] [-f MANIFESTS]
     check FILE...
+    explain [-n NS] [--context CTX] (IMAGE | pod/NAME)...
+    plan [RULE OPTIONS] [-f MANIFESTS]... [--from-cluster] [IMAGE...] [--format F] [--check]
     snapshot-dump DIR [NAMESPACE]
-    plan [rule options] [-f MANIFESTS]... [--from-cluster] [IMAGE...] [--format F] [--check]
 
-``--map-file`` files are cluster-wide map files. ``--ns-map-file`` files belong to
-namespace NS. ``--imagemap`` files hold ImageMaps: several YAML documents or a List,
-and an ImageMap without a namespace takes NS. The rules are compiled exactly as the
-sync hook compiles them and applied exactly as the mutating hook applies them.
+Rule files are raw map files (imageswap grammar) or YAML as `kubectl get -o yaml` prints
+it: ImageMaps, map-file ConfigMaps, Lists, several documents. The rules are compiled
+exactly as the sync hook compiles them and applied exactly as the mutating hook applies
+them, within the webhook's scope (kube-system, the operator namespace and excluded
+namespaces are never rewritten; nor are Pods labeled imagemapper.io/mode=disabled).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from imagemapper import compiler, kube, plancmd, podpatch, rules
+from imagemapper import __version__, compiler, inputs, kube, plancmd, podpatch, rules
 from imagemapper.imagemap import MapInput
+from imagemapper.scope import Scope
+from imagemapper.settings import EXCLUDE_NAMESPACES, Settings, SettingsError
+
+DEFAULT_OPERATOR_NAMESPACE = "image-mapper-system"
+DESCRIPTION = ("Preview what image-mapper does to container images, lint rule files before "
+               "you apply them, and explain decisions against the live cluster.")
 
 # kind -> (pointer of the Pod spec, pointer of the object whose metadata is annotated)
 POD_SPECS = {
@@ -38,6 +47,10 @@ class UsageError(Exception):
     """A file that cannot be read or understood; reported on stderr, exit 2."""
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _read(path: str) -> str:
     try:
         if path == "-":
@@ -46,39 +59,23 @@ def _read(path: str) -> str:
             return handle.read()
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 def _yaml_docs(path: str, text: str) -> list:
-    import yaml
-
+    """The objects of a YAML stream, Lists flattened (UsageError on bad YAML)."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {exc}") from None
-    out = []
-    for doc in docs:
-        if isinstance(doc, dict) and doc.get("kind", "").endswith("List") and isinstance(doc.get("items"), list):
-            out.extend(doc["items"])
-        else:
-            out.append(doc)
-    return out
-
-
-def load_imagemaps(paths: list[str], namespace: str) -> list[MapInput]:
-    """ImageMaps from files; a map without a namespace takes ``namespace``."""
-    maps = []
-    for path in paths:
-        for position, doc in enumerate(_yaml_docs(path, _read(path))):
-            if not isinstance(doc, dict) or doc.get("kind") != "ImageMap":
-                raise UsageError(f"{path}: document {position + 1} is not an ImageMap")
-            maps.append(_file_imagemap(doc, position, namespace, f"{path}#{position + 1}"))
-    return maps
+        docs, _ = inputs.yaml_documents(path, text)
+    except inputs.InputError as exc:
+        raise UsageError(str(exc)) from None
+    return [d.obj for d in docs]
 
 
 def _file_imagemap(doc: dict, position: int, namespace: str, name: str) -> MapInput:
     """An ImageMap read from a file; missing metadata gets defaults.
 
-    Maps without a creationTimestamp are ordered by their position in the file, so the
+    Maps without a creationTimestamp are ordered by their position in the files, so the
     first of two conflicting new maps wins, as the older one would in a cluster.
     """
     imap = MapInput.from_object(doc)
@@ -88,9 +85,22 @@ def _file_imagemap(doc: dict, position: int, namespace: str, name: str) -> MapIn
     return imap
 
 
-def _map_files(paths: list[str], namespace: str) -> list[compiler.MapFileInput]:
-    return [compiler.MapFileInput(namespace, path, "", {"file": _read(path)}, label=path)
-            for path in paths]
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The webhook settings the preview applies (options, else IMAGE_MAPPER_* variables)."""
+    operator_ns = getattr(args, "operator_namespace", None) or DEFAULT_OPERATOR_NAMESPACE
+    excluded = getattr(args, "exclude_namespaces", None)
+    if excluded is None:
+        excluded = os.environ.get(EXCLUDE_NAMESPACES, "")
+    from imagemapper import settings as settings_mod
+
+    try:
+        return settings_mod.from_env({
+            "SHELL_OPERATOR_NAMESPACE": operator_ns,
+            "IMAGE_MAPPER_MAP_NAMESPACE": getattr(args, "map_namespace", None) or "",
+            "IMAGE_MAPPER_NAMESPACE_MODE": getattr(args, "namespace_mode", None) or "",
+            EXCLUDE_NAMESPACES: excluded})
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
 
 
 class Rules:
@@ -98,17 +108,30 @@ class Rules:
 
     def __init__(self, args: argparse.Namespace):
         self.namespace = args.namespace
-        self.maps = load_imagemaps(args.imagemap, args.namespace)
-        self.ns_files = [(args.namespace, path) for path in args.ns_map_file]
-        self.cluster_doc, cluster_diags, _ = compiler.compile_cluster(
-            _map_files(args.map_file, "(cluster)"))
-        self.problems = [f"{d['severity']}: {d['text']}" for diags in cluster_diags.values() for d in diags]
+        self.settings = settings_of(args)
+        self.scope = Scope.from_settings(self.settings)
+        found = inputs.RuleSet()
+        try:
+            for path in args.map_file:
+                found.add_file(path, _read(path), self.settings.map_namespace, raw_ok=True)
+            for path in args.ns_map_file:
+                found.add_file(path, _read(path), args.namespace, raw_ok=True)
+            for path in args.imagemap:
+                found.add_file(path, _read(path), args.namespace, raw_ok=False)
+        except inputs.InputError as exc:
+            raise UsageError(str(exc)) from None
+        self.maps = [_file_imagemap(obj, position, args.namespace, where)
+                     for position, (obj, where) in enumerate(found.imagemaps)]
+        self.problems = [f"note: {note}" for note in found.notes]
+        self.groups, cluster = compiler.group_by_namespace(self.maps, found.mapfiles,
+                                                           self.settings.map_namespace)
+        self.cluster_doc, cluster_diags, _ = compiler.compile_cluster(cluster)
+        self.problems += [f"{d['severity']}: {d['text']}" for ds in cluster_diags.values() for d in ds]
         self._docs: dict[str, dict | None] = {}
 
     def namespace_doc(self, namespace: str) -> dict | None:
         if namespace not in self._docs:
-            maps = [m for m in self.maps if m.namespace == namespace]
-            files = _map_files([p for ns, p in self.ns_files if ns == namespace], namespace)
+            maps, files = self.groups.get(namespace, ([], []))
             doc, verdicts, diags, _ = compiler.compile_namespace(namespace, maps, files)
             self._docs[namespace] = doc
             self.problems += [f'ImageMap "{namespace}/{name}" rejected ({v[0]}): {v[1]}'
@@ -119,18 +142,29 @@ class Rules:
     def decide(self, image: str, namespace: str | None = None) -> rules.Decision:
         return rules.decide(image, self.namespace_doc(namespace or self.namespace), self.cluster_doc)
 
+    def skipped(self, namespace: str, pod_labels: dict | None = None) -> str | None:
+        """Why the webhook never sees such a Pod (its scope), or None."""
+        return self.scope.skipped(namespace, None, pod_labels)
+
     def report(self) -> None:
         """Print rejected ImageMaps, bad map-file lines, and maps that applied nowhere."""
         unused = sorted({m.namespace for m in self.maps} - set(self._docs))
         for line in self.problems:
             print(line, file=sys.stderr)
         if unused:
-            print(f"note: no image was looked up in namespace(s) {', '.join(unused)}, so their "
-                  "ImageMaps did not apply (use -n or set metadata.namespace)", file=sys.stderr)
+            print(f"note: no image was looked up in {'namespace' if len(unused) == 1 else 'namespaces'} "
+                  f"{', '.join(unused)}, so {'its' if len(unused) == 1 else 'their'} ImageMaps did "
+                  "not apply (use -n or set metadata.namespace)", file=sys.stderr)
 
 
 def _rewrite_images(rules_: Rules, images: list[str], explain: bool) -> None:
+    skipped = rules_.skipped(rules_.namespace)
+    if skipped:
+        print(f"note: not rewritten: {skipped}", file=sys.stderr)
     for image in images:
+        if skipped:
+            print(f"{image}\t# not rewritten: {skipped}" if explain else image)
+            continue
         decision = rules_.decide(image)
         result = decision.new if decision.changed else image
         if decision.error:
@@ -148,6 +182,12 @@ def rewrite_object(obj: object, rules_: Rules, explain: bool) -> None:
     spec = podpatch.at_pointer(obj, spec_pointer)
     name = f"{obj['kind']}/{kube.text(obj, 'metadata', 'name') or '?'}"
     namespace = kube.text(obj, "metadata", "namespace") or rules_.namespace
+    pod_meta = podpatch.at_pointer(obj, owner_pointer + "/metadata")
+    labels = pod_meta.get("labels") if isinstance(pod_meta, dict) else None
+    skipped = rules_.skipped(namespace, labels if isinstance(labels, dict) else None)
+    if skipped:
+        print(f"note: {name} in namespace {namespace} is not rewritten: {skipped}", file=sys.stderr)
+        return
     changes = []
     for field in podpatch.image_fields(spec):
         if not isinstance(field.image, str):
@@ -169,92 +209,73 @@ def rewrite_object(obj: object, rules_: Rules, explain: bool) -> None:
 def _rewrite_manifests(args: argparse.Namespace, rules_: Rules) -> None:
     import yaml
 
-    path = args.filename
-    docs = [d for d in yaml.safe_load_all(_read(path)) if d is not None] if path else []
+    text = _read(args.filename)
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{args.filename}: {inputs.yaml_error(exc)}") from None
     for doc in docs:
-        items = doc.get("items") if isinstance(doc, dict) and doc.get("kind", "").endswith("List") else None
+        items = doc.get("items") if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") else None
         for obj in items if isinstance(items, list) else [doc]:
             rewrite_object(obj, rules_, args.explain)
     sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
 
 
-# ----------------------------------------------------------------------------- check
-
-def check_file(path: str) -> tuple[list[str], list[str]]:
-    """Lint one file (ImageMaps or a map file); return (errors, warnings)."""
-    from imagemapper import mapfile
-
-    text = _read(path)
-    docs = None
-    try:
-        docs = _yaml_docs(path, text)
-    except UsageError:
-        pass
-    if docs and all(isinstance(d, dict) and "kind" in d for d in docs):
-        return _check_objects(path, docs)
-    _, diags = mapfile.parse(text, path)
-    return ([str(d) for d in diags if d.severity == "error"],
-            [str(d) for d in diags if d.severity != "error"])
-
-
-def _check_objects(path: str, docs: list[dict]) -> tuple[list[str], list[str]]:
-    from imagemapper import imagemap, mapfile
-
-    errors, warnings = [], []
-    maps = []
-    for position, doc in enumerate(docs):
-        if doc.get("kind") == "ImageMap":
-            maps.append(_file_imagemap(doc, position, "default", f"document {position + 1}"))
-        elif doc.get("kind") == "ConfigMap":
-            cm = compiler.MapFileInput.from_object(doc)
-            for source, text in cm.files():
-                for diag in mapfile.parse(text, f"{path}: {source}")[1]:
-                    (errors if diag.severity == "error" else warnings).append(str(diag))
-    by_ns: dict[str, list[MapInput]] = {}
-    for imap in maps:
-        by_ns.setdefault(imap.namespace, []).append(imap)
-    for namespace, group in sorted(by_ns.items()):
-        for name, verdict in sorted(imagemap.resolve_namespace(group).items()):
-            if not verdict.ready:
-                errors.append(f'{path}: ImageMap "{namespace}/{name}" ({verdict.reason}): {verdict.message}')
-    return errors, warnings
-
-
-def _check(paths: list[str]) -> int:
-    failed = False
-    for path in paths:
-        errors, warnings = check_file(path)
-        for line in warnings:
-            print(f"warning: {line}", file=sys.stderr)
-        for line in errors:
-            print(f"error: {line}", file=sys.stderr)
-        failed = failed or bool(errors)
-        print(f"{path}: {'FAILED' if errors else 'ok'} ({len(errors)} errors, {len(warnings)} warnings)")
-    return 1 if failed else 0
-
-
 # ----------------------------------------------------------------------------- main
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="image-mapper", description=__doc__.split("\n\n")[0])
-    sub = top.add_subparsers(dest="command", required=True)
-    rw = sub.add_parser("rewrite", help="print what images become")
-    rw.add_argument("--map-file", action="append", default=[], metavar="F",
-                    help="cluster-wide map file (imageswap grammar); repeatable, read in order")
-    rw.add_argument("--ns-map-file", action="append", default=[], metavar="F",
-                    help="map file of namespace NS; repeatable")
-    rw.add_argument("--imagemap", action="append", default=[], metavar="F",
-                    help="YAML file of ImageMaps (several documents or a List); repeatable")
-    rw.add_argument("-n", "--namespace", default="default", help="the Pod's namespace (default: default)")
-    rw.add_argument("--explain", action="store_true", help="show the rule that decided")
+def add_rule_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say which rules and which webhook settings to apply."""
+    parser.add_argument(
+        "--map-file", action="append", default=[], metavar="FILE",
+        help="cluster-wide rules: a raw map file, or ConfigMaps/ImageMaps as YAML (objects in "
+             "other namespaces keep their own namespace); repeatable")
+    parser.add_argument(
+        "--ns-map-file", action="append", default=[], metavar="FILE",
+        help="rules of namespace NS: a raw map file, or YAML objects (objects without a "
+             "namespace take NS); repeatable")
+    parser.add_argument(
+        "--imagemap", action="append", default=[], metavar="FILE",
+        help="ImageMaps as YAML: several documents, a List, or `kubectl get imagemaps -o yaml` "
+             "output; an ImageMap without a namespace takes NS; repeatable")
+    parser.add_argument("-n", "--namespace", default="default",
+                        help="namespace of the Pod whose images are given (default: default)")
+    parser.add_argument(
+        "--operator-namespace", default=DEFAULT_OPERATOR_NAMESPACE, metavar="NS",
+        help="where image-mapper runs; it is never rewritten and holds the cluster-wide map "
+             f"files (default: {DEFAULT_OPERATOR_NAMESPACE})")
+    parser.add_argument("--map-namespace", metavar="NS",
+                        help="IMAGE_MAPPER_MAP_NAMESPACE, if set (default: the operator namespace)")
+    parser.add_argument(
+        "--exclude-namespaces", metavar="NS,NS", default=None,
+        help=f"{EXCLUDE_NAMESPACES}: namespaces never rewritten (default: that variable)")
+    parser.add_argument("--namespace-mode", choices=("opt-out", "opt-in"), default=None,
+                        help="IMAGE_MAPPER_NAMESPACE_MODE (default: opt-out)")
+
+
+def parser(prog: str = "image-mapper") -> argparse.ArgumentParser:
+    from imagemapper import checkcmd, explaincmd
+
+    top = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    rw = sub.add_parser("rewrite", help="print what images, or the Pods of a manifest, become",
+                        description="Print what images become (one line each, in order), or "
+                        "rewrite the Pods and Pod templates of a manifest stream with -f.")
+    add_rule_options(rw)
+    rw.add_argument("--explain", action="store_true",
+                    help="show the rule that decided each image (with -f: on stderr)")
     rw.add_argument("-f", "--filename", metavar="MANIFESTS",
-                    help="rewrite Pods and Pod templates in a manifest stream ('-' for stdin)")
-    rw.add_argument("images", nargs="*", metavar="IMAGE")
+                    help="rewrite Pods, PodTemplates and the templates of Deployments, "
+                         "StatefulSets, DaemonSets, ReplicaSets, ReplicationControllers, Jobs "
+                         "and CronJobs in this YAML stream ('-' for stdin)")
+    rw.add_argument("images", nargs="*", metavar="IMAGE",
+                    help="image references, as a Pod in namespace NS would use them")
     plancmd.add_parser(sub, rw)
-    ck = sub.add_parser("check", help="lint map files and ImageMaps")
-    ck.add_argument("files", nargs="+", metavar="FILE")
-    dump = sub.add_parser("snapshot-dump", help="print a compiled snapshot document as JSON")
-    dump.add_argument("state_dir", metavar="DIR", help="IMAGE_MAPPER_STATE_DIR")
+    checkcmd.add_parser(sub)
+    explaincmd.add_parser(sub)
+    dump = sub.add_parser("snapshot-dump", help="print a compiled snapshot document as JSON",
+                          description="Print a compiled snapshot document as JSON (debugging).")
+    dump.add_argument("state_dir", metavar="DIR", help="the IMAGE_MAPPER_STATE_DIR of a replica")
     dump.add_argument("namespace", nargs="?", help="a namespace (default: the cluster document)")
     return top
 
@@ -273,24 +294,53 @@ def _dump(state_dir: str, namespace: str | None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _rewrite(args: argparse.Namespace) -> int:
+    if args.filename and args.images:
+        raise UsageError("rewrite takes IMAGE arguments or -f MANIFESTS, not both "
+                         f"(got -f {args.filename} and {plural(len(args.images), 'image')})")
+    if not args.images and not args.filename:
+        raise UsageError("rewrite needs IMAGE arguments or -f MANIFESTS")
+    rules_ = Rules(args)
+    if args.filename:
+        _rewrite_manifests(args, rules_)
+    else:
+        _rewrite_images(rules_, args.images, args.explain)
+    rules_.report()
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from imagemapper import checkcmd, explaincmd
+
+    if args.command == "check":
+        return checkcmd.run(args.files)
+    if args.command == "explain":
+        return explaincmd.run(args)
+    if args.command == "snapshot-dump":
+        return _dump(args.state_dir, args.namespace)
+    if args.command == "plan":
+        return plancmd.run(args)
+    return _rewrite(args)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    if prog is None:  # `kubectl image-mapper` runs the executable kubectl-image_mapper
+        base = os.path.basename(sys.argv[0] or "")
+        prog = "kubectl image-mapper" if base.startswith("kubectl-") else "image-mapper"
     try:
-        if args.command == "check":
-            return _check(args.files)
-        if args.command == "snapshot-dump":
-            return _dump(args.state_dir, args.namespace)
-        if args.command == "plan":
-            return plancmd.run(args)
-        if not args.images and not args.filename:
-            parser().error("rewrite needs IMAGE arguments or -f MANIFESTS")
-        rules_ = Rules(args)
-        if args.filename:
-            _rewrite_manifests(args, rules_)
-        else:
-            _rewrite_images(rules_, args.images, args.explain)
-        rules_.report()
-        return 0
+        args = parser(prog).parse_args(argv)
+        return _run(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `| head` closed the pipe: nothing left to say, and no
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # flush error at exit
+        return 141
+
+
+def plugin_main() -> int:
+    """Entry point of the kubectl plugin executable ``kubectl-image_mapper``."""
+    return main(prog="kubectl image-mapper")

@@ -14,6 +14,8 @@ def why_not_a_name(text: str) -> str | None:
     if sep:
         return (f"it starts with the URL scheme {scheme + sep!r}; image names have none, "
                 f"write {rest.rstrip('/')!r}")
+    if any(ch.isspace() for ch in text):
+        return "it contains whitespace"
     first, _, path = text.partition("/")
     registry = "." in first or ":" in first or first == "localhost"
     upper = [part for part in (path.split("/") if registry else text.split("/"))
@@ -21,6 +23,4 @@ def why_not_a_name(text: str) -> str | None:
     if upper:
         return (f"{upper[0]!r} has upper-case letters; repository paths must be lower case "
                 "(only the registry host may use upper case)")
-    if any(ch.isspace() for ch in text):
-        return "it contains whitespace"
     return None

@@ -43,9 +43,10 @@ IMAGES_CHANGED = {"name": "images-changed.imagemapper.io", "expression":
 
 
 def namespace_selector(settings: Settings) -> dict:
-    """System namespaces are never mutated; the mode label opts namespaces in or out."""
-    system = sorted({"kube-system", settings.operator_namespace} - {""})
-    expressions = [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": system}]
+    """kube-system, the operator's namespace and IMAGE_MAPPER_EXCLUDE_NAMESPACES are never
+    mutated; the mode label opts namespaces in or out."""
+    expressions = [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                    "values": settings.never_mutated}]
     if settings.namespace_mode == "opt-in":
         expressions.append({"key": MODE_LABEL, "operator": "In", "values": ["enabled"]})
     else:

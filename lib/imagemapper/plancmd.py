@@ -50,7 +50,8 @@ def add_parser(sub, rewrite: argparse.ArgumentParser) -> argparse.ArgumentParser
                     help="--check: time allowed per image (default 10)")
     pl.add_argument("--parallel", type=int, default=8, metavar="N",
                     help="--check: images checked at once (default 8)")
-    pl.add_argument("images", nargs="*", metavar="IMAGE")
+    pl.add_argument("images", nargs="*", metavar="IMAGE",
+                    help="image references to plan, as a Pod in namespace NS would use them")
     for action in rewrite._actions:  # the same rule options, so the two commands never drift apart
         taken = any(o in pl._option_string_actions for o in action.option_strings)
         if action.dest not in _RULE_OPTIONS_SKIPPED and action.option_strings and not taken:

@@ -12,6 +12,7 @@ from imagemapper.snapshot import valid_namespace
 
 MODE_LABEL = "imagemapper.io/mode"
 MAP_FILE_LABEL = "imagemapper.io/map-file"
+EXCLUDE_NAMESPACES = "IMAGE_MAPPER_EXCLUDE_NAMESPACES"
 DEFAULT_STATE_DIR = "/var/run/image-mapper"
 DEFAULT_CONFIGURATION_NAME = "shell-operator-hooks"
 
@@ -25,6 +26,7 @@ class Settings:
 
     __slots__ = (
         "configuration_name",
+        "excluded_namespaces",
         "failure_policy",
         "map_namespace",
         "namespace_mode",
@@ -36,7 +38,8 @@ class Settings:
     def __init__(self, namespace_mode: str = "opt-out", failure_policy: str = "Fail",
                  timeout_seconds: int = 10, operator_namespace: str = "",
                  map_namespace: str = "", state_dir: str = DEFAULT_STATE_DIR,
-                 configuration_name: str = DEFAULT_CONFIGURATION_NAME):
+                 configuration_name: str = DEFAULT_CONFIGURATION_NAME,
+                 excluded_namespaces: tuple[str, ...] = ()):
         self.namespace_mode = namespace_mode
         self.failure_policy = failure_policy
         self.timeout_seconds = timeout_seconds
@@ -44,6 +47,12 @@ class Settings:
         self.map_namespace = map_namespace or operator_namespace
         self.state_dir = state_dir
         self.configuration_name = configuration_name
+        self.excluded_namespaces = tuple(excluded_namespaces)
+
+    @property
+    def never_mutated(self) -> list[str]:
+        """Namespaces whose Pods the webhook never sees: kube-system, our own, the excluded."""
+        return sorted({"kube-system", self.operator_namespace, *self.excluded_namespaces} - {""})
 
     @property
     def webhook_configuration(self) -> str:
@@ -82,6 +91,16 @@ def _namespace(env: dict, name: str, required: bool) -> str:
     return value
 
 
+def _namespace_list(env: dict, name: str) -> tuple[str, ...]:
+    """A comma- or space-separated list of namespace names."""
+    values = env.get(name, "").replace(",", " ").split()
+    for value in values:
+        if not valid_namespace(value):
+            raise SettingsError(f"{name}: {value!r} is not a valid namespace name "
+                                "(write names separated by commas)")
+    return tuple(dict.fromkeys(values))
+
+
 def from_env(env: dict | None = None, require_namespace: bool = True) -> Settings:
     """Read and validate the settings; raise SettingsError naming the variable."""
     env = rawio.environ() if env is None else env
@@ -97,4 +116,5 @@ def from_env(env: dict | None = None, require_namespace: bool = True) -> Setting
         state_dir=state_dir.rstrip("/") or "/",
         configuration_name=env.get("VALIDATING_WEBHOOK_CONFIGURATION_NAME", "")
         or DEFAULT_CONFIGURATION_NAME,
+        excluded_namespaces=_namespace_list(env, EXCLUDE_NAMESPACES),
     )

@@ -1,0 +1,126 @@
+"""``image-mapper check``: lint rule files before they are applied, and report every problem.
+
+An error is something the cluster would refuse (unknown fields, a wrong apiVersion or
+kind, an invalid entry or line, a conflict) or a file that would change nothing (no rules
+at all). A warning is something it would accept but silently not do as written (registry
+keys without ``default``, a repeated key, a rule that never wins, deprecated syntax, a
+ConfigMap without the map-file label). Exit status: 0 when no file has an error, 1
+otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+
+from imagemapper import imagemap, inputs, lint
+from imagemapper.compiler import MapFileInput
+from imagemapper.settings import MAP_FILE_LABEL
+
+KINDS = ("ImageMap", "ConfigMap")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    ck = sub.add_parser("check", help="lint map files, ImageMaps and map-file ConfigMaps",
+                        description=__doc__.split("\n\n")[1].replace("``", ""))
+    ck.add_argument("files", nargs="+", metavar="FILE",
+                    help="a raw map file, or YAML with ImageMaps and map-file ConfigMaps "
+                         "(several documents, Lists, `kubectl get -o yaml` output); '-' for stdin")
+    return ck
+
+
+def check_file(path: str) -> tuple[list[str], list[str]]:
+    """Lint one file; return (errors, warnings), each naming the place."""
+    from imagemapper.cli import _read
+
+    text = _read(path)
+    if inputs.is_yaml_objects(path, text):
+        return _check_objects(path, text)
+    return _split(lint.mapfile_diagnostics(MapFileInput("", path, "", {"file": text}, label=path)))
+
+
+def _split(diags) -> tuple[list[str], list[str]]:
+    """Map-file diagnostics as (errors, warnings); a file with no rules is an error here."""
+    errors = [str(d) for d in diags if d.severity == "error" or d.message == lint.NO_RULES]
+    warnings = [str(d) for d in diags if d.severity != "error" and d.message != lint.NO_RULES]
+    return errors, warnings
+
+
+def _check_objects(path: str, text: str) -> tuple[list[str], list[str]]:
+    try:
+        docs, duplicates = inputs.yaml_documents(path, text)
+    except inputs.InputError as exc:
+        return [str(exc)], []
+    errors, warnings = list(duplicates), []
+    if not docs:
+        errors.append(f"{path}: no rules: the file holds no objects")
+    maps: list[imagemap.MapInput] = []
+    for doc in docs:
+        if not isinstance(doc.obj, dict):
+            errors.append(f"{doc.where}: a {type(doc.obj).__name__}, not an object with a kind")
+        elif doc.kind == "ImageMap":
+            bad, notes = lint.imagemap_problems(doc.obj)
+            errors += [f"{doc.where} (ImageMap {doc.name()}): {e}" for e in bad]
+            warnings += [f"{doc.where} (ImageMap {doc.name()}): {w}" for w in notes]
+            if not bad:
+                maps.append(_as_input(doc, len(maps)))
+        elif doc.kind == "ConfigMap":
+            if not inputs.is_map_file(doc.obj):
+                warnings.append(f"{doc.where} (ConfigMap {doc.name()}): no label "
+                                f"{MAP_FILE_LABEL}: \"true\", so image-mapper ignores it")
+                continue
+            bad, diags = lint.configmap_problems(doc.obj)
+            errors += [f"{doc.where} (ConfigMap {doc.name()}): {e}" for e in bad]
+            more_errors, more_warnings = _split(diags)
+            errors += [f"{path}: {e}" for e in more_errors]
+            warnings += [f"{path}: {w}" for w in more_warnings]
+        else:
+            errors.append(f"{doc.where}: {_kind_problem(doc.kind)}")
+    errors += _conflicts(path, maps)
+    return errors, warnings
+
+
+def _kind_problem(kind: str) -> str:
+    if not kind:
+        return "no kind: expected ImageMap or ConfigMap"
+    close = difflib.get_close_matches(kind, KINDS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"kind {kind!r} is neither ImageMap nor ConfigMap{hint}"
+
+
+def _as_input(doc: inputs.Document, position: int) -> imagemap.MapInput:
+    imap = imagemap.MapInput.from_object(doc.obj)
+    imap.namespace = imap.namespace or "(no namespace)"
+    imap.name = imap.name or doc.where
+    imap.created = imap.created or f"{position:08d}"
+    return imap
+
+
+def _conflicts(path: str, maps: list[imagemap.MapInput]) -> list[str]:
+    """Conflicts and chains between the file's ImageMaps, per namespace, oldest first."""
+    by_ns: dict[str, list[imagemap.MapInput]] = {}
+    for imap in maps:
+        by_ns.setdefault(imap.namespace, []).append(imap)
+    out = []
+    for namespace, group in sorted(by_ns.items()):
+        for name, verdict in sorted(imagemap.resolve_namespace(group).items()):
+            if not verdict.ready:
+                out.append(f'{path}: ImageMap "{namespace}/{name}" ({verdict.reason}): {verdict.message}')
+    return out
+
+
+def run(paths: list[str]) -> int:
+    from imagemapper.cli import plural
+
+    failed = False
+    for path in paths:
+        errors, warnings = check_file(path)
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        for line in errors:
+            print(f"error: {line}", file=sys.stderr)
+        failed = failed or bool(errors)
+        print(f"{path}: {'FAILED' if errors else 'ok'} "
+              f"({plural(len(errors), 'error')}, {plural(len(warnings), 'warning')})")
+    return 1 if failed else 0
