@@ -2,8 +2,9 @@
 
 The commands run in order, in one working directory, inside a network and mount
 namespace of their own where registry.corp, docker.io and quay.io are local registries
-(tests/guide_world.py). Needs root (or user namespaces) for unshare, and the tools of
-tests/registries.py.
+and the e2e control plane runs with image-mapper installed (tests/e2e/guide_world.py).
+Needs root (or user namespaces) for unshare, the tools of tests/registries.py and the
+e2e binaries.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ import subprocess
 import sys
 
 import pytest
-import registries
+from cluster import BUILD_SCRIPT, missing_binaries
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUIDE = os.path.join(ROOT, "docs", "relocating.md")
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import registries  # noqa: E402 (tests/ on the path first)
+
+pytestmark = pytest.mark.e2e
 
 
 def guide_commands() -> list[tuple[str, str]]:
@@ -37,6 +43,8 @@ def guide_commands() -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     registries.require_tools()
+    if missing_binaries():
+        pytest.fail(f"e2e binaries {', '.join(missing_binaries())} missing; build them with {BUILD_SCRIPT}")
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         pytest.fail("the guide test needs unshare (util-linux) and ip (iproute2)")
     work = str(tmp_path_factory.mktemp("guide"))
@@ -44,7 +52,7 @@ def results(tmp_path_factory):
     with open(os.path.join(work, "commands.json"), "w") as handle:
         json.dump(commands, handle)
     done = subprocess.run(["unshare", "--net", "--mount", "--fork", sys.executable,
-                           os.path.join(ROOT, "tests", "guide_world.py"), work],
+                           os.path.join(ROOT, "tests", "e2e", "guide_world.py"), work],
                           capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, (f"the guide's world failed (unshare needs root or user namespaces):\n"
                                   f"{done.stdout}\n{done.stderr}")
@@ -55,6 +63,7 @@ def results(tmp_path_factory):
 def test_guide_has_the_three_steps():
     commands = " ".join(command for command, _ in guide_commands())
     assert "image-mapper plan" in commands and "sh copy.sh" in commands and "--check" in commands
+    assert "kubectl apply" in commands
 
 
 @pytest.mark.parametrize("command,expected", guide_commands(), ids=lambda v: v[:70] if isinstance(v, str) else v)

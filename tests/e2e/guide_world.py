@@ -1,14 +1,16 @@
-"""The world docs/relocating.md runs in: the registries it names, on this machine only.
+"""The world docs/relocating.md runs in: the registries it names and a cluster, on this machine only.
 
-Run by tests/test_relocating_guide.py as
-``unshare --net --mount --fork python3 tests/guide_world.py WORKDIR``, so it has a network
+Run by tests/e2e/test_relocating_guide.py as
+``unshare --net --mount --fork python3 tests/e2e/guide_world.py WORKDIR``, so it has a network
 namespace and a mount namespace of its own: only ``lo``, and an /etc/hosts (bind-mounted,
 visible to nothing outside) that points the public names at 127.0.0.2 and
 ``registry.corp`` at 127.0.0.3. There, two docker-registry processes serve HTTPS with a
 certificate from a CA made here, which the commands trust through ``SSL_CERT_FILE``
 (Python's ssl and Go's crypto/x509 both read it). The upstream one holds small busybox
-images under the sample application's names. So the guide's commands run verbatim,
-with their real output, and nothing can leave the machine.
+images under the sample application's names. The e2e control plane (etcd,
+kube-apiserver, shell-operator with image-mapper installed as tests/e2e/install.py does)
+runs there too, with namespace ``shop`` made, for the guide's kubectl commands. So the
+guide's commands run verbatim, with their real output, and nothing can leave the machine.
 
 WORKDIR/commands.json is a list of shell commands; WORKDIR/results.json receives
 ``[{"command", "output", "status"}]``. The commands run in WORKDIR/run, which has
@@ -22,9 +24,14 @@ import os
 import subprocess
 import sys
 
-import registries
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path[:0] = [HERE, os.path.join(ROOT, "tests")]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import registries  # noqa: E402 (after the path set-up)
+from cluster import ControlPlane, kubectl_binary  # noqa: E402
+from install import PROBE_NS, Installation  # noqa: E402
+
 UPSTREAM_NAMES = ("docker.io", "registry-1.docker.io", "index.docker.io", "quay.io")
 PRIVATE_NAMES = ("registry.corp",)
 UPSTREAM_IMAGES = (  # (label, platforms, name in the public registry)
@@ -45,7 +52,7 @@ def isolate(work: str) -> None:
     subprocess.run(["mount", "--bind", hosts, "/etc/hosts"], check=True)
 
 
-def environment(work: str, ca: str) -> dict:
+def environment(work: str, ca: str, kubeconfig: str) -> dict:
     shims = os.path.join(work, "bin")
     os.makedirs(shims, exist_ok=True)
     shim = os.path.join(shims, "image-mapper")
@@ -55,14 +62,28 @@ def environment(work: str, ca: str) -> dict:
     home = os.path.join(work, "home")
     os.makedirs(home, exist_ok=True)
     keep = {k: os.environ[k] for k in ("PATH", "LANG", "TERM") if k in os.environ}
-    return {**keep, "PATH": f"{shims}:{keep.get('PATH', '/usr/bin:/bin')}", "HOME": home,
-            "PYTHONPATH": os.path.join(ROOT, "lib"), "SSL_CERT_FILE": ca}
+    path = f"{shims}:{os.path.dirname(kubectl_binary())}:{keep.get('PATH', '/usr/bin:/bin')}"
+    return {**keep, "PATH": path, "HOME": home, "PYTHONPATH": os.path.join(ROOT, "lib"),
+            "SSL_CERT_FILE": ca, "KUBECONFIG": kubeconfig}
 
 
 def main(work: str) -> int:
     isolate(work)
+    with ControlPlane() as cp:
+        installation = Installation(cp)
+        installation.install()
+        try:
+            installation.start()
+            cp.kubectl("delete", "imagemap", "probe", "-n", PROBE_NS)
+            cp.create_namespace("shop")
+            return in_world(work, str(cp.admin_kubeconfig))
+        finally:
+            installation.stop_all()
+
+
+def in_world(work: str, kubeconfig: str) -> int:
     ca, cert, key = registries.ca_signed(work, UPSTREAM_NAMES + PRIVATE_NAMES)
-    env = environment(work, ca)
+    env = environment(work, ca, kubeconfig)
     started = []
     try:
         started.append(registries.Registry(work, "upstream", listen="127.0.0.2:443", certificate=(cert, key)))
