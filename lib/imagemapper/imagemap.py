@@ -22,6 +22,13 @@ The compiled *layer* is plain dicts, lists and strings, so it goes into the
 from __future__ import annotations
 
 from imagemapper import kube
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from imagemapper.reference import Reference
+    from imagemapper.shapes import Found, Hit, ImageMapLayer, Targets
 from imagemapper.reference import (
     InvalidReference,
     name_prefixes,
@@ -180,7 +187,7 @@ class RangeIndex:
         for anc in ancestors if kind == PREFIX else ancestors[1:]:
             below.setdefault(anc, owner)
 
-    def find(self, rng: tuple[str, str, str]):
+    def find(self, rng: tuple[str, str, str]) -> Any:
         """Return an owner whose range intersects ``rng``, or None."""
         kind, key, name = rng
         if kind == EXACT:
@@ -207,7 +214,7 @@ class MapInput:
 
     __slots__ = ("created", "generation", "items", "name", "namespace")
 
-    def __init__(self, namespace: str, name: str, created: str, generation: int, items: list):
+    def __init__(self, namespace: str, name: str, created: str, generation: int, items: list[Any]):
         self.namespace = namespace
         self.name = name
         self.created = created or ""
@@ -294,7 +301,7 @@ class _Accepted:
         for entry in entries:
             self.by_from.setdefault(entry.from_range, (entry, owner))
             tag = (entry, owner)
-            if entry.to is not None:
+            if entry.to_range is not None:  # set exactly when ``to`` is
                 self.froms.add(entry.from_range, tag)
                 self.tos.add(entry.to_range, tag)
 
@@ -308,7 +315,7 @@ class _Accepted:
                         f"{_owner_text(owner, self_name)} {other.label()} maps it to "
                         f"{_describe_to(other)}")
         for entry in entries:
-            if entry.to is None:
+            if entry.to_range is None:  # an exclusion sends nothing anywhere
                 continue
             hit = self.tos.find(entry.from_range)
             if hit:
@@ -394,12 +401,12 @@ def check_candidate(candidate: MapInput, others: list[MapInput]) -> str | None:
 
 # ----------------------------------------------------------------------------- layer
 
-def compile_layer(verdicts: dict[str, Verdict]) -> tuple[dict | None, dict]:
+def compile_layer(verdicts: dict[str, Verdict]) -> tuple[ImageMapLayer | None, Targets]:
     """Turn accepted entries into a lookup layer and its targets."""
-    exact: dict[str, list] = {}
-    repo: dict[str, list] = {}
-    prefix: dict[str, list] = {}
-    targets: dict[str, dict] = {"exact": {}, "repo": {}, "prefix": {}, "strprefix": {}}
+    exact: dict[str, Hit] = {}
+    repo: dict[str, Hit] = {}
+    prefix: dict[str, Hit] = {}
+    targets: Targets = {"exact": {}, "repo": {}, "prefix": {}, "strprefix": {}}
     tables = {EXACT: exact, REPO: repo, PREFIX: prefix}
     for name in sorted(verdicts):
         for entry in verdicts[name].entries:
@@ -413,7 +420,7 @@ def compile_layer(verdicts: dict[str, Verdict]) -> tuple[dict | None, dict]:
     return {"exact": exact, "repo": repo, "prefix": prefix}, targets
 
 
-def lookup(layer: dict, ref) -> tuple[str | None, str] | None:
+def lookup(layer: ImageMapLayer, ref: Reference) -> Found:
     """Most specific entry wins: exact, then repository, then the longest prefix."""
     hit = layer["exact"].get(str(ref))
     if hit is not None:

@@ -49,7 +49,13 @@ from imagemapper.reference import (
 )
 from imagemapper.reference import parse as parse_reference
 
-DEFAULT = "default"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+    from imagemapper.shapes import CompiledTargets, Found, Hit, MapFileLayer
+
+DEFAULT: Final = "default"  # Final: a layer key the type checker knows
 NOSWAP = "noswap_wildcards"
 EXACT = "[EXACT]"
 REPLACE = "[REPLACE]"
@@ -99,7 +105,7 @@ class Diagnostic:
     def __repr__(self) -> str:
         return f"Diagnostic({self.source!r}, {self.line}, {self.severity!r}, {self.message!r})"
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, Diagnostic):
             return NotImplemented
         return (self.source, self.line, self.severity, self.message) == (
@@ -151,10 +157,10 @@ def parse(text: str, source: str) -> tuple[list[Entry], list[Diagnostic]]:
         if len(parts) != 2:
             if line.count(":") != 1:
                 many = line.count(":") > 1 and "::" not in line
-                why = PORT_ERROR if many else SYNTAX_ERROR
+                message = PORT_ERROR if many else SYNTAX_ERROR
                 if "://" in line:
-                    why += "; " + _scheme_hint(line)
-                diags.append(Diagnostic(source, number, "error", why))
+                    message += "; " + _scheme_hint(line)
+                diags.append(Diagnostic(source, number, "error", message))
                 continue
             parts = line.split(":")
             deprecated = True
@@ -253,7 +259,7 @@ def _scheme_hint(text: str) -> str:
 # ---------------------------------------------------------------------------- compiling
 
 
-def compile_layer(files: list[tuple[str, str]]) -> tuple[dict | None, dict, list[Diagnostic]]:
+def compile_layer(files: list[tuple[str, str]]) -> tuple[MapFileLayer | None, CompiledTargets, list[Diagnostic]]:
     """Read ``[(source, text)]`` as one file and build the lookup layer and its targets.
 
     The caller passes the files in (ConfigMap name, key) order, so imageswap's "last
@@ -280,8 +286,8 @@ def compile_layer(files: list[tuple[str, str]]) -> tuple[dict | None, dict, list
     return layer, _targets(layer), diags
 
 
-def _layer(entries: list[Entry]) -> dict:
-    layer: dict = {}
+def _layer(entries: list[Entry]) -> MapFileLayer:
+    layer: MapFileLayer = {}
     for e in entries:
         if e.kind == DEFAULT:
             layer[DEFAULT] = [e.value, e.rule]
@@ -296,7 +302,7 @@ def _layer(entries: list[Entry]) -> dict:
     return layer
 
 
-def _warn_inactive(layer: dict, entries: list[Entry], diags: list[Diagnostic]) -> None:
+def _warn_inactive(layer: MapFileLayer, entries: list[Entry], diags: list[Diagnostic]) -> None:
     """imageswap ignores registry keys and noswap_wildcards without default; say so."""
     if DEFAULT in layer:
         return
@@ -342,7 +348,7 @@ def _warn_shadowed(entries: list[Entry], diags: list[Diagnostic]) -> None:
                                     "image under this key", SHADOWED_RULE))
 
 
-def _targets(layer: dict) -> dict:
+def _targets(layer: MapFileLayer) -> CompiledTargets:
     """Every place a rule of ``layer`` can send an image (for the idempotence guard)."""
     out: dict[str, set[str]] = {"exact": set(), "repo": set(), "prefix": set(), "strprefix": set()}
     for value, _ in layer.get("exact", {}).values():
@@ -396,7 +402,7 @@ def _bare_registry(value: str) -> bool:
 # ---------------------------------------------------------------------------- lookup
 
 
-def lookup(layer: dict, ref: Reference, raw: str) -> tuple[str | None, str] | None:
+def lookup(layer: MapFileLayer, ref: Reference, raw: str) -> Found:
     """Decide one image: None = no opinion, else (new image or None to leave it, rule text).
 
     Order: [EXACT] > [REPLACE] > (nothing more without default) > longest registry/path
@@ -409,17 +415,17 @@ def lookup(layer: dict, ref: Reference, raw: str) -> tuple[str | None, str] | No
             return (hit[0] or None), hit[1]
     replace = layer.get("replace")
     if replace:
-        hit = _lookup_replace(replace, ref, raw)
-        if hit is not None:
-            return hit
+        found = _lookup_replace(replace, ref, raw)
+        if found is not None:
+            return found
     default = layer.get(DEFAULT)
     if default is None:
         return None
     keys = layer.get("keys")
     if keys:
-        hit = _lookup_keys(keys, ref)
-        if hit is not None:
-            return hit
+        found = _lookup_keys(keys, ref)
+        if found is not None:
+            return found
     noswap = layer.get("noswap")
     if noswap and noswap[0]:
         full = str(ref)
@@ -436,7 +442,7 @@ def lookup(layer: dict, ref: Reference, raw: str) -> tuple[str | None, str] | No
     return _checked(value + "/" + path + ref.suffix, rule)
 
 
-def _lookup_replace(replace: list, ref: Reference, raw: str) -> tuple[str | None, str] | None:
+def _lookup_replace(replace: list[list[str]], ref: Reference, raw: str) -> Found:
     from fnmatch import fnmatchcase  # imports re: only layers with [REPLACE] pay for it
 
     full = str(ref)
@@ -449,7 +455,7 @@ def _lookup_replace(replace: list, ref: Reference, raw: str) -> tuple[str | None
     return None
 
 
-def _lookup_keys(keys: dict, ref: Reference) -> tuple[str | None, str] | None:
+def _lookup_keys(keys: dict[str, Hit], ref: Reference) -> Found:
     host, port = split_port(ref.domain)
     domain = ref.domain
     hit = _longest(keys, domain, ref.path)
@@ -477,7 +483,7 @@ def _lookup_keys(keys: dict, ref: Reference) -> tuple[str | None, str] | None:
     return _checked(value + "/" + rest + ref.suffix, rule)
 
 
-def _longest(keys: dict, domain: str, path: str) -> tuple[str | None, list] | None:
+def _longest(keys: dict[str, Hit], domain: str, path: str) -> tuple[str | None, Hit] | None:
     """Longest key among ``domain/path`` cut at component boundaries; (key path, entry)."""
     cut = len(path)
     while cut > 0:

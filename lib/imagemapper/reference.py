@@ -57,7 +57,7 @@ class Reference:
 
     __slots__ = ("domain", "path", "tag", "digest")  # noqa: RUF023 (field order is the interface)
 
-    def __init__(self, domain, path, tag=None, digest=None):
+    def __init__(self, domain: str, path: str, tag: str | None = None, digest: str | None = None):
         self.domain = domain
         self.path = path
         self.tag = tag
@@ -98,15 +98,15 @@ class Reference:
     def __repr__(self) -> str:
         return f"Reference({self.domain!r}, {self.path!r}, {self.tag!r}, {self.digest!r})"
 
-    def _key(self):
+    def _key(self) -> tuple[str, str, str | None, str | None]:
         return (self.domain, self.path, self.tag, self.digest)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, Reference):
             return NotImplemented
         return self._key() == other._key()
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self._key())
 
 
@@ -119,7 +119,7 @@ def _quote(s: str, limit: int = 256) -> str:
     return repr(s)
 
 
-def _fail(s, why: str) -> InvalidReference:
+def _fail(s: str, why: str) -> InvalidReference:
     return InvalidReference("invalid reference " + _quote(s) + ": " + why)
 
 
@@ -223,7 +223,7 @@ def _valid_algorithm(a: str) -> bool:
     return prev not in _DIGEST_ALG_SEPARATORS
 
 
-def _digest_error(s: str):
+def _digest_error(s: str) -> str | None:
     """Why ``s`` is not a digest that ``Parse`` accepts, or None if it is one."""
     alg, colon, enc = s.partition(":")
     hexlen = _DIGEST_HEX_LEN.get(alg)

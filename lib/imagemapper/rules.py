@@ -12,7 +12,16 @@ each lookup module only when a layer of its kind applies to the Pod's namespace.
 
 from __future__ import annotations
 
-from imagemapper.reference import InvalidReference, name_prefixes, parse, split_port
+from imagemapper.reference import InvalidReference, Reference, name_prefixes, parse, split_port
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from typing import Any
+
+    from imagemapper.shapes import ClusterDoc, Found, ImageMapLayer, MapFileLayer, NamespaceDoc, Targets
+
+    Lookup = Callable[[Any, Reference, str], Found]
 
 
 class Decision:
@@ -37,11 +46,11 @@ class Decision:
         return f"Decision({self.image!r} -> {self.new!r}, {self.rule!r})"
 
 
-def empty_targets() -> dict:
+def empty_targets() -> Targets:
     return {"exact": {}, "repo": {}, "prefix": {}, "strprefix": {}}
 
 
-def merge_targets(*many: dict) -> dict:
+def merge_targets(*many: Mapping[str, Iterable[str]]) -> Targets:
     """Union of several targets (lists or dicts of keys), as dicts for O(1) lookups."""
     out = empty_targets()
     for targets in many:
@@ -50,7 +59,7 @@ def merge_targets(*many: dict) -> dict:
     return out
 
 
-def under_targets(ref, targets: dict) -> str | None:
+def under_targets(ref: Reference, targets: Targets | None) -> str | None:
     """Return the target an image already lies under, or None.
 
     Prefix targets match on path-component boundaries, and a registry target also
@@ -81,19 +90,19 @@ def under_targets(ref, targets: dict) -> str | None:
     return None
 
 
-def _imagemap_lookup(layer: dict, ref, raw: str):
+def _imagemap_lookup(layer: ImageMapLayer, ref: Reference, raw: str) -> Found:
     from imagemapper import imagemap
 
     return imagemap.lookup(layer, ref)
 
 
-def _mapfile_lookup(layer: dict, ref, raw: str):
+def _mapfile_lookup(layer: MapFileLayer, ref: Reference, raw: str) -> Found:
     from imagemapper import mapfile
 
     return mapfile.lookup(layer, ref, raw)
 
 
-def _layers(ns_doc: dict | None, cluster_doc: dict | None):
+def _layers(ns_doc: NamespaceDoc | None, cluster_doc: ClusterDoc | None) -> Iterator[tuple[str, Lookup, Any]]:
     if ns_doc:
         if ns_doc.get("imagemaps"):
             yield "namespace-imagemap", _imagemap_lookup, ns_doc["imagemaps"]
@@ -103,7 +112,7 @@ def _layers(ns_doc: dict | None, cluster_doc: dict | None):
         yield "cluster-mapfile", _mapfile_lookup, cluster_doc["mapfiles"]
 
 
-def decide(image: str, ns_doc: dict | None, cluster_doc: dict | None) -> Decision:
+def decide(image: str, ns_doc: NamespaceDoc | None, cluster_doc: ClusterDoc | None) -> Decision:
     """Decide one image. Never raises for any string input."""
     try:
         ref = parse(image)
