@@ -12,9 +12,11 @@ dev:  ## install the pinned test and lint tools
 # A missing tool stops the target with how to get it, instead of a bare "No module named".
 need = @$(PYTHON) -c 'import $(1)' 2>/dev/null || { echo "error: Python module '$(1)' is missing: run 'make dev' first (pip install -r requirements-dev.txt)" >&2; exit 1; }
 
-lint:
+lint:  ## ruff, and mypy on lib/ (configuration: pyproject.toml)
 	$(call need,ruff)
+	$(call need,mypy)
 	$(PYTHON) -m ruff check lib hooks tests
+	$(PYTHON) -m mypy
 
 unit:
 	$(call need,pytest)

@@ -8,7 +8,12 @@ is on the hot path, so the validate side imports its extra modules lazily.
 from __future__ import annotations
 
 from imagemapper import kube, podpatch, protocol, rules, snapshot
-from imagemapper.settings import MAP_FILE_LABEL, Settings
+from imagemapper.settings import Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from imagemapper.compiler import MapFileInput
+    from imagemapper.shapes import AdmissionResponse, ClusterDoc, NamespaceDoc, Payload
 
 EPHEMERAL = "ephemeralcontainers"
 
@@ -28,7 +33,7 @@ class Rewrite:
         return self.decision.source
 
 
-def failure(settings: Settings, problem: str) -> dict:
+def failure(settings: Settings, problem: str) -> AdmissionResponse:
     """Apply the failure policy to a problem that keeps us from deciding."""
     if settings.failure_policy == "Ignore":
         return protocol.allow([(f"image-mapper: {problem}; the Pod was admitted unchanged "
@@ -39,7 +44,7 @@ def failure(settings: Settings, problem: str) -> dict:
                          "steps in docs/operations.md")
 
 
-def mutate(request: dict, settings: Settings, rewrites: list[Rewrite] | None = None) -> dict:
+def mutate(request: Payload, settings: Settings, rewrites: list[Rewrite] | None = None) -> AdmissionResponse:
     """Relocate the images of one Pod; ``rewrites`` collects what changed."""
     obj = request.get("object")
     if request.get("operation") not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
@@ -51,14 +56,17 @@ def mutate(request: dict, settings: Settings, rewrites: list[Rewrite] | None = N
         return failure(settings, f"the mapping snapshot is not available ({exc})")
 
 
-def _mutate(request: dict, obj: dict, docs: tuple, rewrites: list[Rewrite] | None) -> dict:
+def _mutate(request: Payload, obj: Payload, docs: tuple[NamespaceDoc | None, ClusterDoc],
+            rewrites: list[Rewrite] | None) -> AdmissionResponse:
     ns_doc, cluster_doc = docs
     ephemeral = request.get("subResource") == EPHEMERAL
     fields = podpatch.image_fields(obj.get("spec"), ("ephemeralContainers",) if ephemeral
                                    else ("containers", "initContainers", "ephemeralContainers"),
                                    volumes=not ephemeral)
     unchanged = _old_images(request) if request.get("operation") == "UPDATE" else {}
-    changes, warnings, seen = [], [], {}
+    changes: list[tuple[podpatch.ImageField, str]] = []
+    warnings: list[str] = []
+    seen: dict[str, rules.Decision] = {}
     for field in fields:
         if field.key in unchanged and unchanged[field.key] == field.image:
             continue  # this UPDATE did not touch the image: rules apply as images enter the API
@@ -70,7 +78,7 @@ def _mutate(request: dict, obj: dict, docs: tuple, rewrites: list[Rewrite] | Non
         if decision.error:
             warnings.append(f"{field.key}: image {field.image!r} is not a valid reference "
                             f"({decision.error}); left unchanged")
-        elif decision.changed:
+        elif decision.changed and decision.new is not None:
             changes.append((field, decision.new))
             if rewrites is not None:
                 rewrites.append(Rewrite(field, decision))
@@ -80,7 +88,7 @@ def _mutate(request: dict, obj: dict, docs: tuple, rewrites: list[Rewrite] | Non
     return protocol.allow(warnings, ops)
 
 
-def _old_images(request: dict) -> dict:
+def _old_images(request: Payload) -> dict[str, object]:
     """Image of each field in ``oldObject``, by annotation key ({} when there is none).
 
     On UPDATE only images that differ from the stored Pod are decided: a label change
@@ -94,7 +102,7 @@ def _old_images(request: dict) -> dict:
 
 # ----------------------------------------------------------------------------- validate
 
-def validate(request: dict, settings: Settings) -> dict:
+def validate(request: Payload, settings: Settings) -> AdmissionResponse:
     """Refuse invalid or conflicting ImageMaps and map files at apply time."""
     obj = request.get("object")
     if request.get("operation") not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
@@ -107,7 +115,7 @@ def validate(request: dict, settings: Settings) -> dict:
     return protocol.allow()
 
 
-def _validate_imagemap(request: dict, obj: dict, settings: Settings) -> dict:
+def _validate_imagemap(request: Payload, obj: Payload, settings: Settings) -> AdmissionResponse:
     from imagemapper.imagemap import MapInput, check_candidate, validate_entries
 
     candidate = MapInput.from_object(obj)
@@ -133,15 +141,11 @@ def _validate_imagemap(request: dict, obj: dict, settings: Settings) -> dict:
     return protocol.allow(_imagemap_warnings(obj, where))
 
 
-def _imagemap_warnings(obj: dict, where: str) -> list[str]:
+def _imagemap_warnings(obj: Payload, where: str) -> list[str]:
     """What `image-mapper check` would warn about, within the API server's limits."""
     from imagemapper import lint
 
     return lint.fit_warnings([f"{where}: {w}" for w in lint.imagemap_problems(obj)[1]])
-
-
-def _is_mapfile(obj: object) -> bool:
-    return kube.resolve(obj, "metadata", "labels", MAP_FILE_LABEL) == "true"
 
 
 def _error_lines(text: str) -> set:
@@ -153,7 +157,7 @@ def _error_lines(text: str) -> set:
             if d.severity == "error" and 0 < d.line <= len(lines)}
 
 
-def _validate_mapfile(request: dict, obj: dict) -> dict:
+def _validate_mapfile(request: Payload, obj: Payload) -> AdmissionResponse:
     """Deny only what the request makes worse: error lines it adds to a map file.
 
     Removing the label, metadata changes (annotations, finalizers) and keys left as
@@ -161,13 +165,14 @@ def _validate_mapfile(request: dict, obj: dict) -> dict:
     validation was down) can still be fixed, unlabeled or deleted.
     """
     from imagemapper.compiler import MapFileInput
+    from imagemapper.inputs import is_map_file
     from imagemapper.mapfile import parse
 
-    if not _is_mapfile(obj):
+    if not is_map_file(obj):
         return protocol.allow()
     cm = MapFileInput.from_object(obj)
     old = request.get("oldObject")
-    old_data = MapFileInput.from_object(old).data if _is_mapfile(old) else {}
+    old_data = MapFileInput.from_object(old).data if is_map_file(old) else {}
     errors, warnings = [], []
     for (source, text), key in zip(cm.files(), sorted(cm.data)):
         before = _error_lines(old_data[key]) if key in old_data else set()
@@ -190,7 +195,7 @@ def _validate_mapfile(request: dict, obj: dict) -> dict:
     return protocol.allow(fit_warnings(warnings))
 
 
-def _compile_warnings(cm) -> list[str]:
+def _compile_warnings(cm: MapFileInput) -> list[str]:
     """Warnings only the whole ConfigMap shows: no default, repeated keys, shadowed rules."""
     from imagemapper import lint, mapfile
 

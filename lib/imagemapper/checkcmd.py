@@ -18,10 +18,14 @@ from imagemapper import imagemap, inputs, lint
 from imagemapper.compiler import MapFileInput
 from imagemapper.settings import MAP_FILE_LABEL
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from imagemapper.mapfile import Diagnostic
+
 KINDS = ("ImageMap", "ConfigMap")
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="lint map files, ImageMaps and map-file ConfigMaps",
                         description=__doc__.split("\n\n")[1].replace("``", ""))
     ck.add_argument("files", nargs="+", metavar="FILE",
@@ -40,7 +44,7 @@ def check_file(path: str) -> tuple[list[str], list[str]]:
     return _split(lint.mapfile_diagnostics(MapFileInput("", path, "", {"file": text}, label=path)))
 
 
-def _split(diags) -> tuple[list[str], list[str]]:
+def _split(diags: list[Diagnostic]) -> tuple[list[str], list[str]]:
     """Map-file diagnostics as (errors, warnings); a file with no rules is an error here."""
     errors = [str(d) for d in diags if d.severity == "error" or d.message == lint.NO_RULES]
     warnings = [str(d) for d in diags if d.severity != "error" and d.message != lint.NO_RULES]

@@ -25,6 +25,10 @@ from imagemapper.imagemap import MapInput
 from imagemapper.scope import Scope
 from imagemapper.settings import EXCLUDE_NAMESPACES, Settings, SettingsError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from imagemapper.shapes import NamespaceDoc
+
 DEFAULT_OPERATOR_NAMESPACE = "image-mapper-system"
 DESCRIPTION = ("Preview what image-mapper does to container images, lint rule files before "
                "you apply them, and explain decisions against the live cluster.")
@@ -127,9 +131,9 @@ class Rules:
                                                            self.settings.map_namespace)
         self.cluster_doc, cluster_diags, _ = compiler.compile_cluster(cluster)
         self.problems += [f"{d['severity']}: {d['text']}" for ds in cluster_diags.values() for d in ds]
-        self._docs: dict[str, dict | None] = {}
+        self._docs: dict[str, NamespaceDoc | None] = {}
 
-    def namespace_doc(self, namespace: str) -> dict | None:
+    def namespace_doc(self, namespace: str) -> NamespaceDoc | None:
         if namespace not in self._docs:
             maps, files = self.groups.get(namespace, ([], []))
             doc, verdicts, diags, _ = compiler.compile_namespace(namespace, maps, files)
@@ -188,7 +192,7 @@ def rewrite_object(obj: object, rules_: Rules, explain: bool) -> None:
     if skipped:
         print(f"note: {name} in namespace {namespace} is not rewritten: {skipped}", file=sys.stderr)
         return
-    changes = []
+    changes: list[tuple[podpatch.ImageField, str]] = []
     for field in podpatch.image_fields(spec):
         if not isinstance(field.image, str):
             continue
@@ -199,7 +203,7 @@ def rewrite_object(obj: object, rules_: Rules, explain: bool) -> None:
             print(f"# {name} {field.key}: {field.image} -> "
                   f"{decision.new if decision.changed else '(unchanged)'}  [{decision.rule}]",
                   file=sys.stderr)
-        if decision.changed:
+        if decision.changed and decision.new is not None:
             changes.append((field, decision.new))
     ops = podpatch.build_patch(obj, changes, spec_pointer, owner_pointer)
     if ops:

@@ -16,6 +16,15 @@ from imagemapper import imagemap, kube, mapfile, snapshot
 from imagemapper.imagemap import MapInput
 from imagemapper.rules import merge_targets
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from imagemapper.mapfile import Diagnostic
+    from imagemapper.shapes import ClusterDoc, DiagnosticRecord, ImageMapLayer, MapFileLayer, NamespaceDoc
+
+    Diagnostics = dict[tuple[str, str], list[DiagnosticRecord]]  # (namespace, ConfigMap) -> records
+
 INDEX = "index.json"
 
 
@@ -67,21 +76,22 @@ def _files_of(configmaps: list[MapFileInput]) -> list[tuple[str, str]]:
     return out
 
 
-def layer_size(layer: dict | None) -> int:
+def layer_size(layer: ImageMapLayer | MapFileLayer | None) -> int:
     """Number of rules in a compiled layer (ImageMap or map-file tables)."""
     if not layer:
         return 0
-    tables = sum(len(layer.get(k) or ()) for k in ("exact", "repo", "prefix", "replace", "keys"))
-    return tables + sum(1 for k in ("default", "noswap") if k in layer)
+    found: dict[str, Any] = dict(layer)  # the top level only: a few keys
+    tables = sum(len(found.get(k) or ()) for k in ("exact", "repo", "prefix", "replace", "keys"))
+    return tables + sum(1 for k in ("default", "noswap") if k in found)
 
 
-def _diag_dict(diag) -> dict:
+def _diag_dict(diag: Diagnostic) -> DiagnosticRecord:
     return {"source": diag.source, "line": diag.line, "severity": diag.severity,
             "message": diag.message, "text": str(diag), "reason": diag.reason}
 
 
-def _split_diagnostics(diags: list, configmaps: list[MapFileInput]) -> dict[tuple[str, str], list[dict]]:
-    out: dict[tuple[str, str], list[dict]] = {}
+def _split_diagnostics(diags: list[Diagnostic], configmaps: list[MapFileInput]) -> Diagnostics:
+    out: Diagnostics = {}
     for cm in configmaps:
         prefix = cm.prefix()
         out[(cm.namespace, cm.name)] = [
@@ -90,14 +100,15 @@ def _split_diagnostics(diags: list, configmaps: list[MapFileInput]) -> dict[tupl
     return out
 
 
-def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[MapFileInput]):
+def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[MapFileInput],
+                      ) -> tuple[NamespaceDoc | None, dict[str, list[Any]], Diagnostics, int]:
     """Compile one namespace: (doc or None, verdicts, diagnostics per ConfigMap, rule count)."""
     verdicts = imagemap.resolve_namespace(maps)
     im_layer, im_targets = imagemap.compile_layer(verdicts)
     mf_layer, mf_targets, diags = mapfile.compile_layer(_files_of(configmaps))
     accepted = {m.name: {"created": m.created, "items": m.items}
                 for m in maps if verdicts[m.name].ready}
-    doc = None
+    doc: NamespaceDoc | None = None
     if im_layer or mf_layer:
         # "accepted" is for the validating hook: the builder moves it to a file of its own.
         doc = {"imagemaps": im_layer, "mapfiles": mf_layer,
@@ -106,10 +117,10 @@ def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[Map
     return doc, flat, _split_diagnostics(diags, configmaps), layer_size(im_layer) + layer_size(mf_layer)
 
 
-def compile_cluster(configmaps: list[MapFileInput]):
+def compile_cluster(configmaps: list[MapFileInput]) -> tuple[ClusterDoc, Diagnostics, int]:
     """Compile the cluster-wide map files: (doc, diagnostics, rule count)."""
     layer, targets, diags = mapfile.compile_layer(_files_of(configmaps))
-    doc = {"mapfiles": layer, "targets": merge_targets(targets)}
+    doc: ClusterDoc = {"mapfiles": layer, "targets": merge_targets(targets)}
     return doc, _split_diagnostics(diags, configmaps), layer_size(layer)
 
 
@@ -124,7 +135,7 @@ def _load_index(state_dir: str) -> dict:
     return {"v": snapshot.VERSION, "namespaces": {}, "cluster": {}}
 
 
-def _previous(state_dir: str, index: dict):
+def _previous(state_dir: str, index: dict[str, Any]) -> snapshot.Snapshot | None:
     """The generation this index describes, or None (then everything is recompiled)."""
     if not index.get("stamp") or index.get("stamp") != _file_stamp(os.path.join(state_dir, snapshot.FILE)):
         return None  # missing, or changed behind our back
@@ -134,9 +145,10 @@ def _previous(state_dir: str, index: dict):
         return None
 
 
-def group_by_namespace(maps: list[MapInput], configmaps: list[MapFileInput], map_namespace: str):
+def group_by_namespace(maps: list[MapInput], configmaps: list[MapFileInput], map_namespace: str,
+                       ) -> tuple[dict[str, tuple[list[MapInput], list[MapFileInput]]], list[MapFileInput]]:
     """Split inputs into per-namespace groups and the cluster-wide map files."""
-    groups: dict[str, tuple[list, list]] = {}
+    groups: dict[str, tuple[list[MapInput], list[MapFileInput]]] = {}
     cluster: list[MapFileInput] = []
     for imap in maps:
         groups.setdefault(imap.namespace, ([], []))[0].append(imap)
@@ -196,19 +208,19 @@ def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
 class _Carry:
     """Regions of the previous generation that an unchanged input can reuse."""
 
-    def __init__(self, old) -> None:
+    def __init__(self, old: snapshot.Snapshot | None) -> None:
         self.old = old
         self.refs = old.namespaces() if old is not None else {}
 
-    def namespace(self, namespace: str):
+    def namespace(self, namespace: str) -> tuple[bytes, int] | None:
         ref = self.refs.get(namespace)
-        return None if ref is None else snapshot.copy_region(self.old, ref)
+        return None if ref is None or self.old is None else snapshot.copy_region(self.old, ref)
 
-    def cluster(self):
+    def cluster(self) -> tuple[bytes, int] | None:
         return None if self.old is None else snapshot.copy_region(self.old, self.old.head["cluster"])
 
 
-def _file_stamp(path: str) -> list | None:
+def _file_stamp(path: str) -> list[int] | None:
     """(size, mtime, inode) of the file we wrote, so that a file changed behind our back
     (deleted, truncated, overwritten) makes the next sync recompile everything."""
     try:
@@ -218,8 +230,8 @@ def _file_stamp(path: str) -> list | None:
     return [info.st_size, info.st_mtime_ns, info.st_ino]
 
 
-def _build_namespace(writer, carry: _Carry, namespace: str, maps: list, cms: list,
-                     previous: dict | None, result: Result) -> dict:
+def _build_namespace(writer: snapshot.Writer, carry: _Carry, namespace: str, maps: list[MapInput],
+                     cms: list[MapFileInput], previous: dict[str, Any] | None, result: Result) -> dict[str, Any]:
     key = _namespace_key(maps, cms)
     region = None
     if previous and previous.get("hash") == key and carry.old is not None:
@@ -234,7 +246,7 @@ def _build_namespace(writer, carry: _Carry, namespace: str, maps: list, cms: lis
         doc, verdicts, diags, rules = compile_namespace(namespace, maps, cms)
         accepted = doc.pop("accepted", {}) if doc else {}
         snapshot.write_accepted(writer.state_dir, namespace, accepted)
-        region = snapshot.encode_region(doc) if doc else None
+        region = snapshot.encode_region(dict(doc)) if doc else None
         entry = {"hash": key, "rules": rules, "verdicts": verdicts,
                  "diagnostics": [[k[1], v] for k, v in diags.items()]}
         result.recompiled.append(namespace)
@@ -248,7 +260,8 @@ def _build_namespace(writer, carry: _Carry, namespace: str, maps: list, cms: lis
     return entry
 
 
-def _build_cluster(carry: _Carry, cms: list, previous: dict, result: Result):
+def _build_cluster(carry: _Carry, cms: list[MapFileInput], previous: dict[str, Any], result: Result,
+                   ) -> tuple[dict[str, Any], tuple[bytes, int]]:
     key = _digest(sorted([c.name, c.data] for c in cms))
     region = carry.cluster() if previous.get("hash") == key else None
     if region is not None:

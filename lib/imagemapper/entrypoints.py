@@ -13,6 +13,13 @@ import sys
 from imagemapper import kube, protocol
 from imagemapper.settings import Settings, SettingsError, from_env
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from imagemapper.admission import Rewrite
+    from imagemapper.shapes import AdmissionResponse, Payload
+
 
 def _print_config(builder_name: str) -> int:
     from imagemapper import hookconfig
@@ -42,12 +49,12 @@ def mutate_main(argv: list[str]) -> int:
         return _print_config("mutate_config")
     from imagemapper import admission
 
-    done: list = []
+    done: list[tuple[Payload, AdmissionResponse, list[Rewrite], Settings]] = []
 
-    def handle(context: dict) -> dict:
+    def handle(context: Payload) -> AdmissionResponse:
         settings = _settings()
         request = kube.mapping(context, "review", "request")
-        rewrites: list = []
+        rewrites: list[Rewrite] = []
         response = admission.mutate(request, settings, rewrites)
         done.append((request, response, rewrites, settings))
         return response
@@ -60,7 +67,8 @@ def mutate_main(argv: list[str]) -> int:
         handle, lambda problem: admission.failure(_safe_settings(), problem), after)
 
 
-def _report_mutation(request: dict, response: dict, rewrites: list, settings: Settings) -> None:
+def _report_mutation(request: Payload, response: AdmissionResponse, rewrites: list[Rewrite],
+                     settings: Settings) -> None:
     """Log one line per rewrite and bump the counters, after the answer is written.
 
     A dry-run admission changes nothing, so it is logged as such and not counted. The
@@ -69,7 +77,7 @@ def _report_mutation(request: dict, response: dict, rewrites: list, settings: Se
     namespace = kube.text(request, "namespace")
     pod = kube.object_name(request, request.get("object"))
     dry_run = request.get("dryRun") is True
-    extra = {"dryRun": True} if dry_run else {}
+    extra: dict[str, Any] = {"dryRun": True} if dry_run else {}
     for item in rewrites:
         protocol.log("rewrite", namespace=namespace, pod=pod, container=item.field.key,
                      image=item.decision.image, to=item.decision.new, rule=item.decision.rule, **extra)
@@ -93,7 +101,7 @@ def validate_main(argv: list[str]) -> int:
         return _print_config("validate_config")
     from imagemapper import admission
 
-    def handle(context: dict) -> dict:
+    def handle(context: Payload) -> AdmissionResponse:
         request = kube.mapping(context, "review", "request")
         return admission.validate(request, _settings())
 

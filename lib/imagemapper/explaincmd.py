@@ -18,12 +18,16 @@ from imagemapper.imagemap import MapInput
 from imagemapper.scope import Scope
 from imagemapper.settings import MAP_FILE_LABEL, Settings, SettingsError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from imagemapper.shapes import ClusterDoc, NamespaceDoc
+
 DEPLOYMENT_SELECTOR = "app.kubernetes.io/name=image-mapper"
 SETTINGS_ENV = ("IMAGE_MAPPER_NAMESPACE_MODE", "IMAGE_MAPPER_MAP_NAMESPACE",
                 "IMAGE_MAPPER_EXCLUDE_NAMESPACES", "VALIDATING_WEBHOOK_CONFIGURATION_NAME")
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     from imagemapper.cli import DEFAULT_OPERATOR_NAMESPACE
 
     ex = sub.add_parser("explain", help="explain against the live cluster (through kubectl) why "
@@ -102,7 +106,7 @@ class Live:
         labels = (obj.get("metadata") or {}).get("labels")
         return labels if isinstance(labels, dict) else {}
 
-    def _rules(self) -> tuple[dict | None, dict | None]:
+    def _rules(self) -> tuple[NamespaceDoc | None, ClusterDoc | None]:
         selector = f"{MAP_FILE_LABEL}=true"
         map_ns = self.settings.map_namespace
         maps = [MapInput.from_object(o) for o in self._list("imagemaps.imagemapper.io", None)]

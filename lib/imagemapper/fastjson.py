@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 try:
     import _json
 except ImportError:  # pragma: no cover - CPython always ships _json
-    _json = None
+    _json = None  # type: ignore[assignment]  # the fallback below uses json
 
 DECODER = "json.decoder"
 
@@ -58,12 +62,12 @@ class _Context:
         return float(name)
 
 
-_scan = _json.make_scanner(_Context()) if _json else None
+_scan = _json.make_scanner(_Context()) if _json else None  # type: ignore[arg-type]  # duck-typed decoder
 _WS = " \t\n\r"
 _INF = float("inf")
 
 
-def loads(text: str):
+def loads(text: str) -> Any:
     """Parse one JSON document; raise ValueError on anything else."""
     if _scan is None:  # pragma: no cover
         import json
@@ -74,7 +78,7 @@ def loads(text: str):
     start = len(text) - len(text.lstrip(_WS))
     lent = DECODER not in sys.modules
     if lent:
-        sys.modules[DECODER] = _Decoder
+        sys.modules[DECODER] = _Decoder  # type: ignore[assignment]  # a module stand-in
     try:
         value, end = _scan(text, start)
     except StopIteration as exc:
@@ -86,14 +90,14 @@ def loads(text: str):
     except Exception as exc:  # noqa: BLE001 - any other scanner failure is bad input too
         raise ValueError(f"invalid JSON ({type(exc).__name__})") from None
     finally:
-        if lent and sys.modules.get(DECODER) is _Decoder:
+        if lent and sys.modules.get(DECODER) is _Decoder:  # type: ignore[comparison-overlap]
             del sys.modules[DECODER]
     if text[end:].strip(_WS):
         raise JSONDecodeError("Extra data", text, end)
     return value
 
 
-def load_file(path: str, limit: int | None = None):
+def load_file(path: str, limit: int | None = None) -> Any:
     """Read and parse a JSON file (UTF-8), refusing files over ``limit`` bytes."""
     from imagemapper.rawio import read_bytes
 
@@ -109,7 +113,7 @@ def _encode_str(value: str) -> str:
     return _json.encode_basestring_ascii(value) if _json else _slow_dumps(value)
 
 
-def _slow_dumps(value) -> str:  # pragma: no cover
+def _slow_dumps(value: object) -> str:  # pragma: no cover
     import json
 
     return json.dumps(value)
@@ -121,7 +125,7 @@ def _float(value: float) -> str:
     return float.__repr__(value)
 
 
-def _key(key) -> str:
+def _key(key: object) -> str:
     """Object keys as :mod:`json` writes them."""
     if isinstance(key, str):
         return _encode_str(key)
@@ -138,7 +142,7 @@ def _key(key) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
-def dumps(value) -> str:
+def dumps(value: object) -> str:
     """Serialize like ``json.dumps(v, separators=(",", ":"), allow_nan=False)``."""
     if isinstance(value, str):
         return _encode_str(value)

@@ -102,7 +102,7 @@ def sync_config(settings: Settings) -> dict:
     Event write the API server refuses must not fail the run and block the queue with
     retries; the next run recomputes every write from the current state.
     """
-    bindings = [
+    bindings: list[dict[str, object]] = [
             {"name": "imagemaps", "apiVersion": "imagemapper.io/v1alpha1", "kind": "ImageMap",
              "group": SYNC_GROUP, "jqFilter": IMAGEMAP_FILTER},
             {"name": "mapfiles", "apiVersion": "v1", "kind": "ConfigMap",

@@ -22,13 +22,6 @@ The compiled *layer* is plain dicts, lists and strings, so it goes into the
 from __future__ import annotations
 
 from imagemapper import kube
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
-    from imagemapper.reference import Reference
-    from imagemapper.shapes import Found, Hit, ImageMapLayer, Targets
 from imagemapper.reference import (
     InvalidReference,
     name_prefixes,
@@ -37,6 +30,13 @@ from imagemapper.reference import (
     valid_domain,
     valid_path,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from imagemapper.reference import Reference
+    from imagemapper.shapes import Found, Hit, ImageMapLayer, Targets
 
 EXACT, REPO, PREFIX = "exact", "repo", "prefix"
 

@@ -10,8 +10,13 @@ it: by its own ``metadata.namespace``, with a caller-given default when it has n
 
 from __future__ import annotations
 
+from imagemapper import kube
 from imagemapper.compiler import MapFileInput
 from imagemapper.settings import MAP_FILE_LABEL
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -34,9 +39,8 @@ class Document:
         return str(self.obj.get("kind") or "") if isinstance(self.obj, dict) else ""
 
     def name(self) -> str:
-        meta = self.obj.get("metadata") if isinstance(self.obj, dict) else None
-        meta = meta if isinstance(meta, dict) else {}
-        return f"{meta.get('namespace') or '(no namespace)'}/{meta.get('name') or '(no name)'}"
+        namespace = kube.text(self.obj, "metadata", "namespace") or "(no namespace)"
+        return f"{namespace}/{kube.text(self.obj, 'metadata', 'name') or '(no name)'}"
 
 
 def is_yaml_objects(path: str, text: str) -> bool:
@@ -46,12 +50,12 @@ def is_yaml_objects(path: str, text: str) -> bool:
                for line in text.splitlines())
 
 
-def _loader(duplicates: list[str]):
+def _loader(duplicates: list[str]) -> type:
     """A SafeLoader that records repeated mapping keys (YAML keeps only the last one)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
             seen: set = set()
             for key_node, _ in node.value:
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
@@ -87,7 +91,7 @@ def yaml_documents(path: str, text: str) -> tuple[list[Document], list[str]]:
     return docs, [f"{path} {d}" for d in duplicates]
 
 
-def yaml_error(exc) -> str:
+def yaml_error(exc: BaseException) -> str:
     """A YAML syntax error as YAML: line, column and the parser's own words."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
@@ -96,9 +100,9 @@ def yaml_error(exc) -> str:
     return f"YAML syntax error: {where}{problem}" + (f" ({context})" if context else "")
 
 
-def is_map_file(obj: dict) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") if isinstance(obj.get("metadata"), dict) else None
-    return isinstance(labels, dict) and labels.get(MAP_FILE_LABEL) == "true"
+def is_map_file(obj: object) -> bool:
+    """A ConfigMap that holds map files: labeled ``imagemapper.io/map-file: "true"``."""
+    return kube.resolve(obj, "metadata", "labels", MAP_FILE_LABEL) == "true"
 
 
 class RuleSet:
@@ -139,8 +143,9 @@ class RuleSet:
                              "or a map-file ConfigMap")
 
 
-def _with_namespace(obj: dict, namespace: str) -> dict:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    if meta.get("namespace"):
+def _with_namespace(obj: object, namespace: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        return {}
+    if kube.text(obj, "metadata", "namespace"):
         return obj
-    return {**obj, "metadata": {**meta, "namespace": namespace}}
+    return {**obj, "metadata": {**kube.mapping(obj, "metadata"), "namespace": namespace}}

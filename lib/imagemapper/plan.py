@@ -21,6 +21,14 @@ from imagemapper import kube
 from imagemapper.podpatch import ANNOTATION, at_pointer, image_fields
 from imagemapper.reference import InvalidReference, Reference, parse
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from imagemapper.rules import Decision
+
+    Decide = Callable[[str, str], Decision]  # (image, namespace) -> what it becomes
+
 FORMATS = ("plain", "json", "skopeo", "skopeo-copy", "crane")
 
 
@@ -67,7 +75,7 @@ class Pair:
 class Plan:
     """Pairs in a stable order, plus everything that is not a pair and why."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pairs: dict[tuple[str, str], Pair] = {}
         self.unchanged: dict[tuple[str, str], dict] = {}  # (image, reason) -> entry
         self.errors: list[str] = []
@@ -102,7 +110,7 @@ def copy_refs(source: Reference, destination: Reference) -> tuple[str, str]:
     return str(src), str(dst)
 
 
-def build(uses, decide) -> Plan:
+def build(uses: Iterable[Use], decide: Decide) -> Plan:
     """Decide every use with ``decide(image, namespace) -> rules.Decision``; dedup the pairs."""
     plan = Plan()
     for use in uses:
@@ -111,7 +119,7 @@ def build(uses, decide) -> Plan:
     return plan
 
 
-def _add(plan: Plan, use: Use, decide) -> None:
+def _add(plan: Plan, use: Use, decide: Decide) -> None:
     if not isinstance(use.image, str):
         plan.errors.append(f"{use.where}: image is not a string: {use.image!r}")
         return
@@ -119,7 +127,7 @@ def _add(plan: Plan, use: Use, decide) -> None:
     if decision.error:
         plan.errors.append(f"{use.where}: {decision.error}")
         return
-    if not decision.changed:
+    if not decision.changed or decision.new is None:
         key = (str(parse(use.image)), decision.rule)
         entry = plan.unchanged.setdefault(key, {"image": key[0], "reason": decision.rule,
                                                 "namespaces": [], "seen": []})
@@ -137,7 +145,7 @@ def _add(plan: Plan, use: Use, decide) -> None:
     pair.add(use, decision.rule, decision.source)
 
 
-def _append_new(values: list, value) -> None:
+def _append_new(values: list[str], value: str) -> None:
     if value not in values:
         values.append(value)
 
@@ -252,12 +260,17 @@ def skopeo_sync(pairs: list[Pair], insecure: tuple[str, ...] = ()) -> str:
     """
     import yaml
 
-    prefix, scoped = sync_layout(pairs)
+    layout = sync_layout(pairs)
+    if layout is None:
+        raise ValueError("these pairs do not fit one skopeo sync run; use skopeo copy lines")
+    prefix, scoped = layout
     registries: dict[str, dict] = {}
     for pair in pairs:
         images = registries.setdefault(pair.source.domain, {"images": {}})["images"]
         entries = images.setdefault(pair.source.path, [])
-        _append_new(entries, _sync_entry(pair))
+        entry = _sync_entry(pair)
+        if entry is not None:  # always, since the layout fits
+            _append_new(entries, entry)
     for domain in set(registries) & set(insecure):
         registries[domain]["tls-verify"] = False
     head = (f"# {len(pairs)} image(s) to copy, planned by image-mapper. Run:\n"

@@ -16,6 +16,10 @@ import sys
 
 from imagemapper import plan as planlib
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from imagemapper.registry import Result
+
 EXIT_MISSING, EXIT_UNCHECKED = 1, 3
 # Every kind that holds a Pod spec, fully qualified so that no aggregated API can shadow one.
 POD_KINDS = ("pods", "podtemplates", "replicationcontrollers", "deployments.apps", "replicasets.apps",
@@ -24,7 +28,8 @@ KUBECTL_TIMEOUT = 120.0  # one List of a whole cluster can take a while
 _RULE_OPTIONS_SKIPPED = {"help", "filename", "explain", "images"}
 
 
-def add_parser(sub, rewrite: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+               rewrite: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``plan`` subcommand; it also takes every rule option that ``rewrite`` takes."""
     pl = sub.add_parser("plan", help="list the images to copy (source -> destination); --check them",
                         description="List the copies the rules imply (source -> destination), once each, "
@@ -133,7 +138,7 @@ def _check(plan: planlib.Plan, args: argparse.Namespace) -> int:
     return EXIT_UNCHECKED if unchecked or plan.errors else 0
 
 
-def _check_line(pair: planlib.Pair, result) -> str:
+def _check_line(pair: planlib.Pair, result: Result) -> str:
     if result.status == "present":
         return f"present  {pair.destination}"
     return (f"{result.status.upper():<8} {pair.destination}: registry {result.registry}: {result.detail} "

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from imagemapper import fastjson
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from imagemapper.shapes import PatchOp, Payload
+
 ANNOTATION = "imagemapper.io/original-images"
 _CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 
@@ -55,7 +59,7 @@ def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def annotation_ops(metadata: object, originals: dict[str, str], prefix: str = "") -> list[dict]:
+def annotation_ops(metadata: object, originals: dict[str, str], prefix: str = "") -> list[PatchOp]:
     """Ops that record ``originals``, keeping the first original already recorded.
 
     ``prefix`` is the pointer of the object that owns ``metadata`` ("" for a Pod,
@@ -90,22 +94,22 @@ def _encode(originals: dict[str, str]) -> str:
     return fastjson.dumps(dict(sorted(originals.items())))
 
 
-def build_patch(obj: dict, changes: list[tuple[ImageField, str]], spec_pointer: str = "/spec",
-                owner_pointer: str = "", annotate: bool = True) -> list[dict]:
+def build_patch(obj: Payload, changes: list[tuple[ImageField, str]], spec_pointer: str = "/spec",
+                owner_pointer: str = "", annotate: bool = True) -> list[PatchOp]:
     """JSON Patch for ``changes`` [(field, new image)].
 
     ``spec_pointer`` locates the Pod spec and ``owner_pointer`` the object whose
     metadata gets the annotation ("" and "/spec" for a Pod).
     """
-    ops = [{"op": "replace", "path": spec_pointer + field.pointer, "value": new}
-           for field, new in changes]
+    ops: list[PatchOp] = [{"op": "replace", "path": spec_pointer + field.pointer, "value": new}
+                          for field, new in changes]
     if ops and annotate:
         originals = {field.key: field.image for field, _ in changes if isinstance(field.image, str)}
         ops.extend(annotation_ops(at_pointer(obj, owner_pointer).get("metadata"), originals, owner_pointer))
     return ops
 
 
-def at_pointer(obj: object, pointer: str) -> dict:
+def at_pointer(obj: object, pointer: str) -> Payload:
     """The dict at a simple JSON pointer ("" is the object itself), or {} if absent."""
     node = obj
     for token in [t for t in pointer.split("/") if t]:

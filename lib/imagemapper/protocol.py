@@ -21,8 +21,17 @@ import sys
 
 from imagemapper import fastjson, rawio
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
-def read_contexts(env: dict | None = None) -> list:
+    from imagemapper.shapes import AdmissionResponse, PatchOp, Payload
+
+    Env = Mapping[str, str]
+
+
+def read_contexts(env: Env | None = None) -> list[Any]:
     """The binding-context array of this run (a regular file, size-bounded)."""
     env = rawio.environ() if env is None else env
     contexts = fastjson.load_file(env["BINDING_CONTEXT_PATH"], rawio.READ_LIMIT)
@@ -31,13 +40,13 @@ def read_contexts(env: dict | None = None) -> list:
     return contexts
 
 
-def encode_patch(ops: list[dict]) -> str:
+def encode_patch(ops: list[PatchOp]) -> str:
     """The ``patch`` field: standard base64 of the JSON Patch text."""
     return binascii.b2a_base64(fastjson.dumps(ops).encode(), newline=False).decode("ascii")
 
 
-def allow(warnings: list[str] | None = None, ops: list[dict] | None = None) -> dict:
-    response: dict = {"allowed": True}
+def allow(warnings: list[str] | None = None, ops: list[PatchOp] | None = None) -> AdmissionResponse:
+    response: AdmissionResponse = {"allowed": True}
     if ops:
         response["patch"] = encode_patch(ops)
     if warnings:
@@ -45,18 +54,18 @@ def allow(warnings: list[str] | None = None, ops: list[dict] | None = None) -> d
     return response
 
 
-def deny(message: str, warnings: list[str] | None = None) -> dict:
-    response: dict = {"allowed": False, "message": message}
+def deny(message: str, warnings: list[str] | None = None) -> AdmissionResponse:
+    response: AdmissionResponse = {"allowed": False, "message": message}
     if warnings:
         response["warnings"] = warnings
     return response
 
 
-def _response_path(env) -> str:
+def _response_path(env: Env) -> str:
     return env.get("ADMISSION_RESPONSE_PATH") or env["VALIDATING_RESPONSE_PATH"]
 
 
-def write_response(response: dict, env: dict | None = None) -> None:
+def write_response(response: AdmissionResponse, env: Env | None = None) -> None:
     """Write the one admission answer of this run (replacing anything there)."""
     env = rawio.environ() if env is None else env
     rawio.write_bytes(_response_path(env), (fastjson.dumps(response) + "\n").encode())
@@ -94,16 +103,18 @@ def counter_metrics(totals: list[tuple[str, dict[str, str], int]]) -> list[dict]
     return ops
 
 
-def log(msg: str, level: str = "info", **fields) -> None:
+def log(msg: str, level: str = "info", **fields: Any) -> None:
     """One JSON log line; shell-operator turns its keys into structured fields."""
     sys.stdout.write(fastjson.dumps({"level": level, "msg": msg, **fields}) + "\n")
 
 
-def print_config(config: dict) -> None:
+def print_config(config: Payload) -> None:
     sys.stdout.write(fastjson.dumps(config) + "\n")
 
 
-def admission_main(handle, failure_response, after=None) -> int:
+def admission_main(handle: Callable[[Payload], AdmissionResponse],
+                   failure_response: Callable[[str], AdmissionResponse],
+                   after: Callable[[], None] | None = None) -> int:
     """Run one admission and always leave exactly one well-formed answer.
 
     ``handle(context) -> response``. If it raises, ``failure_response(message)``

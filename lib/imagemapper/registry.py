@@ -25,7 +25,11 @@ import urllib.parse
 import urllib.request
 
 from imagemapper.credentials import Credential, CredentialStore
-from imagemapper.reference import DEFAULT_DOMAIN, InvalidReference, parse
+from imagemapper.reference import DEFAULT_DOMAIN, InvalidReference, Reference, parse
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MANIFEST_TYPES = ("application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
                   "application/vnd.docker.distribution.manifest.list.v2+json, "
@@ -99,7 +103,7 @@ class Client:
 
     # --------------------------------------------------------------------- requests
 
-    def _head(self, ref, deadline: float) -> tuple[int, str]:
+    def _head(self, ref: Reference, deadline: float) -> tuple[int, str]:
         host = endpoint(ref.domain)
         target = ref.digest or ref.tag or "latest"
         path = f"/v2/{ref.path}/manifests/{target}"
@@ -116,7 +120,7 @@ class Client:
             raise _Failure(ERROR, f"unexpected answer {status} to a manifest HEAD")
         return status, headers.get("Docker-Content-Digest", "")
 
-    def _request_any_scheme(self, host: str, path: str, auth: dict, deadline: float):
+    def _request_any_scheme(self, host: str, path: str, auth: dict[str, str], deadline: float) -> Any:
         """HTTPS; for an insecure registry also plain HTTP when the TLS handshake fails."""
         try:
             status, headers = self._request(f"https://{host}{path}", "HEAD", auth, deadline)
@@ -131,7 +135,7 @@ class Client:
         host = urllib.parse.urlsplit(url).netloc
         return self._unverified if host in self.insecure else self._verified
 
-    def _request(self, url: str, method: str, headers: dict, deadline: float, read: bool = False):
+    def _request(self, url: str, method: str, headers: dict[str, str], deadline: float, read: bool = False) -> Any:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Failure(UNREACHABLE, f"no answer within {self.timeout:g}s")
@@ -154,7 +158,7 @@ class Client:
 
     # --------------------------------------------------------------------- auth
 
-    def _authorize(self, ref, host: str, challenge: str, deadline: float) -> dict:
+    def _authorize(self, ref: Reference, host: str, challenge: str, deadline: float) -> dict[str, str]:
         scheme, params = parse_challenge(challenge)
         cred = self.credentials.lookup(ref.domain, ref.path)
         if scheme == "basic":
@@ -268,7 +272,7 @@ def check_all(client: Client, images: list[str], parallel: int = 8) -> dict[str,
     done: queue.Queue = queue.Queue()
     workers = max(1, min(parallel, len(images)))
 
-    def work():
+    def work() -> None:
         while True:
             try:
                 image = todo.get_nowait()

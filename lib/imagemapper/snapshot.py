@@ -43,6 +43,15 @@ import posix
 
 from imagemapper import rawio
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    from imagemapper.shapes import ClusterDoc, NamespaceDoc
+
+    T = TypeVar("T")
+
 VERSION = 2
 FILE = "rules.snap"
 ACCEPTED = "accepted"
@@ -100,15 +109,15 @@ class Table:
             self._cache[index] = bucket
         return bucket
 
-    def get(self, key, default=None):
+    def get(self, key: object, default: Any = None) -> Any:
         if not isinstance(key, str) or (self._lengths is not None and len(key) not in self._lengths):
             return default
         return self._bucket(key).get(key, default)
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         return self.get(key, _MISSING) is not _MISSING
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: object) -> Any:
         value = self.get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
@@ -165,7 +174,7 @@ class Snapshot:
         except OSError as exc:
             raise SnapshotError(f"cannot read {self.path}: {exc.strerror or exc}") from None
 
-    def load(self, offset: int, length: int, kind: type):
+    def load(self, offset: int, length: int, kind: type) -> Any:
         try:
             value = marshal.loads(self.read(offset, length))
         except (ValueError, EOFError, TypeError) as exc:
@@ -196,10 +205,10 @@ class Snapshot:
                 raise SnapshotError(f"corrupt snapshot file {self.path}: bad table path") from None
         return doc
 
-    def cluster(self) -> dict:
+    def cluster(self) -> Any:  # a ClusterDoc (tables read on demand)
         return self.region(self.head["cluster"])
 
-    def namespace(self, namespace: str) -> dict | None:
+    def namespace(self, namespace: str) -> Any:  # a NamespaceDoc or None
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a string, not {type(namespace).__name__}")
         ref = self.head["namespaces"].get(namespace)
@@ -224,7 +233,7 @@ def open_snapshot(state_dir: str) -> Snapshot:
     return Snapshot(state_dir)
 
 
-def _guarded(call):
+def _guarded(call: Callable[[], T]) -> T:
     try:
         return call()
     except SnapshotError:
@@ -233,7 +242,7 @@ def _guarded(call):
         raise SnapshotError(f"corrupt snapshot: {type(exc).__name__}: {exc}") from None
 
 
-def load_for_namespace(state_dir: str, namespace: str) -> tuple[dict | None, dict]:
+def load_for_namespace(state_dir: str, namespace: str) -> tuple[NamespaceDoc | None, ClusterDoc]:
     """What a Pod in ``namespace`` needs: (namespace doc or None, cluster doc), one generation."""
     snap = open_snapshot(state_dir)
     return _guarded(lambda: (snap.namespace(namespace), snap.cluster()))
@@ -276,7 +285,7 @@ def load_accepted(state_dir: str, namespace: str) -> dict:
     return doc["maps"]
 
 
-def materialize(value):
+def materialize(value: object) -> Any:
     """A copy with every :class:`Table` read into a dict (for JSON output and tests)."""
     if isinstance(value, Table):
         value = value.to_dict()
@@ -293,7 +302,7 @@ def is_ready(state_dir: str) -> bool:
 
 # ----------------------------------------------------------------------------- writing
 
-def _table_bytes(table: dict) -> tuple[bytes, int, list | None]:
+def _table_bytes(table: dict[str, Any]) -> tuple[bytes, int, frozenset[int] | None]:
     buckets = max(1, len(table) // BUCKET_SIZE)
     slots: list[dict] = [{} for _ in range(buckets)]
     for key, value in table.items():
@@ -311,7 +320,7 @@ def _table_bytes(table: dict) -> tuple[bytes, int, list | None]:
 
 def _extract(doc: dict, path: list, out: list) -> dict:
     """A copy of ``doc`` with large string-keyed dicts moved into ``out`` as (path, dict)."""
-    copy = {}
+    copy: dict[str, Any] = {}
     for key, value in doc.items():
         if isinstance(value, dict):
             if len(value) > INLINE_MAX and all(isinstance(k, str) for k in value):
