@@ -338,3 +338,50 @@ def test_invalid_destination_is_reported_by_check(world, tmp_path):
     assert f"error: argument 1: {image} -> {world['private'].host}/acme/x/" in checked.stderr
     assert (f"repository name must not be more than 255 characters (registry {world['private'].host}; "
             "rule imagemap m spec.map[0]") in checked.stderr
+
+
+def test_odd_registry_answers(tmp_path):
+    """A registry without HEAD on manifests (405: GET instead), 403, a 500, a wrong digest."""
+    import http.server
+
+    digest = "sha256:" + "c" * 64
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self, with_body: bool):
+            repo = self.path.split("/")[2]
+            if self.command == "HEAD" and repo == "nohead":
+                code = 405
+            else:
+                code = {"nohead": 200, "forbidden": 403, "broken": 500, "wrong": 200}[repo]
+            self.send_response(code)
+            self.send_header("Docker-Content-Digest", "sha256:" + "d" * 64 if repo == "wrong" else digest)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            if with_body:
+                self.wfile.write(b"{}")
+
+        def do_HEAD(self):
+            self.answer(False)
+
+        def do_GET(self):
+            self.answer(True)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        client = registry.Client(insecure=(host,), timeout=5)
+        found = {name: client.check(f"{host}/{name}/app@{digest}")
+                 for name in ("nohead", "forbidden", "broken", "wrong")}
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (found["nohead"].status, found["nohead"].digest) == ("present", digest)
+    assert (found["forbidden"].status, found["forbidden"].detail) == (
+        "denied", "403 Forbidden: no pull access to this repository")
+    assert (found["broken"].status, found["broken"].detail) == ("error", "unexpected answer 500 to a manifest HEAD")
+    assert (found["wrong"].status, found["wrong"].detail) == ("error", f"registry answered with digest sha256:{'d' * 64}")
+    assert all(r.registry == host for r in found.values())

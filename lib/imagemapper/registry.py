@@ -108,12 +108,15 @@ class Client:
         target = ref.digest or ref.tag or "latest"
         path = f"/v2/{ref.path}/manifests/{target}"
         scheme, status, headers = self._request_any_scheme(host, path, {}, deadline)
+        auth: dict = {}
         if status == 401:
             auth = self._authorize(ref, host, headers.get("WWW-Authenticate", ""), deadline)
             status, headers = self._request(f"{scheme}://{host}{path}", "HEAD", auth, deadline)
             if status == 401:
                 raise _Failure(DENIED, "401 Unauthorized even with "
                                + ("credentials" if auth else "no credentials"))
+        if status == 405:  # a registry without HEAD on manifests: GET, and leave the body unread
+            status, headers = self._request(f"{scheme}://{host}{path}", "GET", auth, deadline)
         if status == 403:
             raise _Failure(DENIED, "403 Forbidden: no pull access to this repository")
         if status not in (200, 404):
