@@ -383,5 +383,6 @@ def test_odd_registry_answers(tmp_path):
     assert (found["forbidden"].status, found["forbidden"].detail) == (
         "denied", "403 Forbidden: no pull access to this repository")
     assert (found["broken"].status, found["broken"].detail) == ("error", "unexpected answer 500 to a manifest HEAD")
-    assert (found["wrong"].status, found["wrong"].detail) == ("error", f"registry answered with digest sha256:{'d' * 64}")
+    wrong = f"registry answered with digest sha256:{'d' * 64}"
+    assert (found["wrong"].status, found["wrong"].detail) == ("error", wrong)
     assert all(r.registry == host for r in found.values())
