@@ -321,3 +321,31 @@ def test_empty_plan_formats(capsys):
 def test_plan_needs_images(capsys):
     code, _, err = run(capsys)
     assert code == 2 and "plan needs IMAGE arguments, -f MANIFESTS or --from-cluster" in err
+
+
+def test_pods_outside_the_webhook_scope_are_not_relocated(rules_files, tmp_path, capsys):
+    maps, _ = rules_files
+    manifest = tmp_path / "scope.yaml"
+    manifest.write_text("""
+kind: Pod
+metadata: {name: dns, namespace: kube-system}
+spec: {containers: [{name: c, image: "nginx:1.25"}]}
+---
+kind: Deployment
+metadata: {name: legacy, namespace: shop}
+spec: {template: {metadata: {labels: {imagemapper.io/mode: disabled}},
+                  spec: {containers: [{name: c, image: "nginx:1.26"}]}}}
+---
+kind: Pod
+metadata: {name: web, namespace: shop}
+spec: {containers: [{name: c, image: "nginx:1.27"}]}
+""")
+    code, out, err = run(capsys, "--map-file", maps, "-f", str(manifest), "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert [p["source"] for p in doc["pairs"]] == ["docker.io/library/nginx:1.27"]
+    reasons = {u["image"]: u["reason"] for u in doc["unchanged"]}
+    assert reasons["docker.io/library/nginx:1.25"].startswith("not rewritten: ")
+    assert "kube-system" in reasons["docker.io/library/nginx:1.25"]
+    assert "imagemapper.io/mode" in reasons["docker.io/library/nginx:1.26"]
+    assert "note: docker.io/library/nginx:1.25 is not relocated (not rewritten: " in err

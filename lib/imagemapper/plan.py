@@ -19,28 +19,29 @@ import json
 
 from imagemapper import kube
 from imagemapper.podpatch import ANNOTATION, at_pointer, image_fields
-from imagemapper.reference import InvalidReference, Reference, parse
+from imagemapper.reference import InvalidReference, Reference, is_valid, parse
+from imagemapper.rules import Decision
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from imagemapper.rules import Decision
-
     Decide = Callable[[str, str], Decision]  # (image, namespace) -> what it becomes
+    Skipped = Callable[[str, "dict | None"], "str | None"]  # (namespace, Pod labels) -> why not seen
 
 FORMATS = ("plain", "json", "skopeo", "skopeo-copy", "crane")
 
 
 class Use:
-    """One place an image was seen: its text, the Pod's namespace, and where."""
+    """One place an image was seen: its text, the Pod's namespace and labels, and where."""
 
-    __slots__ = ("image", "namespace", "where")
+    __slots__ = ("image", "labels", "namespace", "where")
 
-    def __init__(self, image: object, namespace: str, where: str):
+    def __init__(self, image: object, namespace: str, where: str, labels: dict | None = None):
         self.image = image
         self.namespace = namespace
         self.where = where  # "argument 2", "shop/Deployment/web containers/web", ...
+        self.labels = labels  # the Pod's (or Pod template's) labels, for the webhook's scope
 
 
 class Pair:
@@ -110,25 +111,33 @@ def copy_refs(source: Reference, destination: Reference) -> tuple[str, str]:
     return str(src), str(dst)
 
 
-def build(uses: Iterable[Use], decide: Decide) -> Plan:
-    """Decide every use with ``decide(image, namespace) -> rules.Decision``; dedup the pairs."""
+def build(uses: Iterable[Use], decide: Decide, skipped: Skipped | None = None) -> Plan:
+    """Decide every use with ``decide(image, namespace) -> rules.Decision``; dedup the pairs.
+
+    ``skipped(namespace, pod_labels) -> reason | None`` is the webhook's scope: a Pod it
+    never sees keeps its images, so they are not copies to make.
+    """
     plan = Plan()
     for use in uses:
-        _add(plan, use, decide)
+        _add(plan, use, decide, skipped)
     plan.errors.extend(plan.conflicts())
     return plan
 
 
-def _add(plan: Plan, use: Use, decide: Decide) -> None:
+def _add(plan: Plan, use: Use, decide: Decide, skipped: Skipped | None = None) -> None:
     if not isinstance(use.image, str):
         plan.errors.append(f"{use.where}: image is not a string: {use.image!r}")
         return
-    decision = decide(use.image, use.namespace)
+    why = skipped(use.namespace, use.labels) if skipped else None
+    if why:
+        decision = Decision(use.image, rule=f"not rewritten: {why}")
+    else:
+        decision = decide(use.image, use.namespace)
     if decision.error:
         plan.errors.append(f"{use.where}: {decision.error}")
         return
     if not decision.changed or decision.new is None:
-        key = (str(parse(use.image)), decision.rule)
+        key = (str(parse(use.image)) if is_valid(use.image) else use.image, decision.rule)
         entry = plan.unchanged.setdefault(key, {"image": key[0], "reason": decision.rule,
                                                 "namespaces": [], "seen": []})
         _append_new(entry["namespaces"], use.namespace)
@@ -163,9 +172,12 @@ def object_uses(obj: object, pod_specs: dict, default_namespace: str) -> list[Us
         return []
     spec_pointer, owner_pointer = pod_specs[obj["kind"]]
     namespace = kube.text(obj, "metadata", "namespace") or default_namespace
-    originals = _originals(at_pointer(obj, owner_pointer).get("metadata"))
+    pod_meta = at_pointer(obj, owner_pointer).get("metadata")
+    originals = _originals(pod_meta)
+    labels = pod_meta.get("labels") if isinstance(pod_meta, dict) else None
     label = f"{namespace}/{obj['kind']}/{kube.text(obj, 'metadata', 'name') or '?'}"
-    return [Use(originals.get(field.key, field.image), namespace, f"{label} {field.key}")
+    return [Use(originals.get(field.key, field.image), namespace, f"{label} {field.key}",
+                labels if isinstance(labels, dict) else None)
             for field in image_fields(at_pointer(obj, spec_pointer))]
 
 

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.parallel < 1:
         raise cli.UsageError("--timeout must be positive and --parallel at least 1")
     rules_ = cli.Rules(args)
-    plan = planlib.build(_uses(args), rules_.decide)
+    plan = planlib.build(_uses(args), rules_.decide, rules_.skipped)
     rules_.report()
     _report_plan(plan)
     if not args.check:
