@@ -196,7 +196,6 @@ def test_bundle_has_every_object() -> None:
         ("Deployment", "image-mapper"),
         ("PodDisruptionBudget", "image-mapper"),
         ("Service", "image-mapper-webhook"),
-        ("ConfigMap", "image-mapper-cluster-map"),
         ("MutatingWebhookConfiguration", "image-mapper-hooks"),
         ("ValidatingWebhookConfiguration", "image-mapper-hooks"),
     ])
@@ -473,6 +472,7 @@ EXPECTED_ENV = {
     "IMAGE_MAPPER_NAMESPACE_MODE": "opt-out",
     "IMAGE_MAPPER_FAILURE_POLICY": "Fail",
     "IMAGE_MAPPER_TIMEOUT_SECONDS": "10",
+    "IMAGE_MAPPER_EXCLUDE_NAMESPACES": "",
     "IMAGE_MAPPER_STATE_DIR": "/var/run/image-mapper",
 }
 
@@ -637,18 +637,6 @@ def test_names_shared_between_objects_agree() -> None:
     assert [job_env["SECRET_NAME"]] in [r.get("resourceNames") for r in role["rules"]]
     vols = deployment()["spec"]["template"]["spec"]["volumes"]
     assert job_env["SECRET_NAME"] in [v.get("secret", {}).get("secretName") for v in vols]
-
-
-def test_example_configmap_changes_nothing() -> None:
-    cm = get("ConfigMap", "image-mapper-cluster-map")
-    assert cm["metadata"]["labels"]["imagemapper.io/map-file"] == "true"
-    assert list(cm["data"]) == ["maps"]
-    lines = cm["data"]["maps"].splitlines()
-    active = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    assert active == []
-    text = cm["data"]["maps"]
-    for example in ("default::registry.corp", "docker.io::registry.corp/hub", "[EXACT]"):
-        assert example in text
 
 
 def test_webhook_placeholders_have_no_webhooks() -> None:

@@ -525,3 +525,24 @@ def test_mutate_hot_path_imports_stay_small(synced, state):
     assert imported.isdisjoint(forbidden), sorted(imported)
     with open(paths["ADMISSION_RESPONSE_PATH"]) as handle:
         assert "patch" in json.load(handle)  # and the hook really ran
+
+
+def test_every_exported_metric_and_label_is_documented(synced, state):
+    """Each series name and label key on /metrics/hooks has a row in docs/operations.md."""
+    import re
+
+    mutate_run(state, "shop")
+    synced.fire_schedule("counters")
+    synced.drain()
+    text = synced.metrics.render()
+    with open(os.path.join(os.path.dirname(HOOKS_DIR), "docs", "operations.md"), encoding="utf-8") as handle:
+        docs = handle.read()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(image_mapper_\w+)` \| ([^|]*) \|", docs, re.M)}
+    series = re.findall(r"^(image_mapper_\w+)(?:\{([^}]*)\})? ", text, re.M)
+    assert {name for name, _ in series} >= {"image_mapper_rules", "image_mapper_admissions_total",
+                                             "image_mapper_rewrites_total", "image_mapper_imagemaps"}
+    for name, labels in series:
+        assert name in rows, f"{name} is not documented"
+        for key in re.findall(r'(\w+)="', labels):
+            assert key == "hook" or f"`{key}`" in rows[name], (name, key)
+    assert "label `hook`" in docs

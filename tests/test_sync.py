@@ -162,3 +162,43 @@ def test_each_map_file_event_reason_matches_its_cause(settings):
     assert "line 2: key repeats" in events["DuplicateMapKey"]
     assert "without a default key" in events["InactiveMapRules"]
     assert "line 3: deprecated separator" in events["DeprecatedMapSyntax"]
+
+
+def _documented_logs() -> dict[str, str]:
+    """msg -> the fields cell of the log table in docs/operations.md."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "operations.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z ]+)` \| ([^|]*) \|", text, re.M)}
+
+
+def test_every_sync_log_line_is_documented_with_shell_operators_hook_prefix(settings):
+    text = "".join(f"bad line {i}\n" for i in range(sync.LOGGED_PER_CHANGE + 5))
+    objs = [imap_obj("bad", [{"from": "Bad Ref"}])]
+    out = sync.run(group_context(objs, [(OPNS, "many", {"maps": text})]), settings, now="t")
+    documented = _documented_logs()
+    seen = set()
+    for line in out.logs:
+        msg = line["msg"]
+        seen.add(msg)
+        assert msg in documented, f"log line {msg!r} is not in docs/operations.md"
+        for key in set(line) - {"msg", "level"}:
+            assert f"`hook_{key}`" in documented[msg], (msg, key)
+    assert {"snapshot compiled", "imagemap status", "map file line", "map file lines"} <= seen
+
+
+def test_rewrite_log_fields_are_documented():
+    import inspect
+
+    from imagemapper import entrypoints
+
+    source = inspect.getsource(entrypoints._report_mutation)
+    call = source[source.index('protocol.log("rewrite"'):].split(")\n")[0]
+    import re
+
+    fields = re.findall(r"(\w+)=", call)
+    assert fields == ["namespace", "pod", "container", "image", "to", "rule"]
+    assert all(f"`hook_{f}`" in _documented_logs()["rewrite"] for f in fields)

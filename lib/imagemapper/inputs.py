@@ -112,6 +112,7 @@ class RuleSet:
         self.imagemaps: list[tuple[dict, str]] = []     # (object, where)
         self.mapfiles: list[MapFileInput] = []
         self.notes: list[str] = []                      # things the cluster would ignore
+        self.ignored: list[str] = []                    # ConfigMaps without the label
 
     def add_file(self, path: str, text: str, default_namespace: str, raw_ok: bool) -> None:
         """Read one file; a raw map file belongs to ``default_namespace``."""
@@ -123,8 +124,15 @@ class RuleSet:
             return
         docs, duplicates = yaml_documents(path, text)
         self.notes += duplicates
+        before = len(self.ignored)
         for doc in docs:
             self._add_object(doc, default_namespace)
+        ignored = self.ignored[before:]
+        if ignored:
+            self.notes.append(f"{path}: {len(ignored)} ConfigMap{'s' if len(ignored) != 1 else ''} "
+                              f"without the label {MAP_FILE_LABEL}=\"true\" ignored, as the "
+                              f"cluster ignores {'them' if len(ignored) != 1 else 'it'} "
+                              f"({', '.join(ignored[:3])}{', ...' if len(ignored) > 3 else ''})")
 
     def _add_object(self, doc: Document, default_namespace: str) -> None:
         obj = doc.obj
@@ -132,8 +140,7 @@ class RuleSet:
             self.imagemaps.append((_with_namespace(obj, default_namespace), doc.where))
         elif doc.kind == "ConfigMap":
             if not is_map_file(obj):
-                self.notes.append(f"{doc.where}: ConfigMap {doc.name()} has no label "
-                                  f"{MAP_FILE_LABEL}=\"true\"; image-mapper ignores it")
+                self.ignored.append(doc.name())
                 return
             cm = MapFileInput.from_object(obj)
             cm.namespace = cm.namespace or default_namespace
