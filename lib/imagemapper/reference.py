@@ -44,8 +44,28 @@ _DIGEST_ALG_SEPARATORS = "-_+."
 _ALPHA = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+# What is wrong with a string that is not a reference (InvalidReference.code), after the
+# Err* values of distribution/reference and go-digest, so that callers and tests check
+# the cause and never the wording.
+NOT_A_STRING = "NotAString"
+NAME_EMPTY = "NameEmpty"                          # ErrNameEmpty
+NAME_NOT_CANONICAL = "NameNotCanonical"          # 64 hex digits: an image ID, not a name
+NAME_CONTAINS_UPPERCASE = "NameContainsUppercase"  # ErrNameContainsUppercase
+PATH_INVALID = "ReferenceInvalidFormat"          # ErrReferenceInvalidFormat (the path)
+TAG_INVALID = "TagInvalidFormat"                 # ErrTagInvalidFormat
+DIGEST_INVALID = "DigestInvalidFormat"           # ErrDigestInvalidFormat
+DIGEST_UNSUPPORTED = "DigestUnsupported"         # go-digest ErrDigestUnsupported
+DIGEST_LENGTH = "DigestInvalidLength"            # go-digest ErrDigestInvalidLength
+REGISTRY_INVALID = "RegistryInvalidFormat"       # the domain part
+NAME_TOO_LONG = "NameTooLong"                    # ErrNameTooLong
+
+
 class InvalidReference(ValueError):
-    """A string that is not an image reference; the message says why."""
+    """A string that is not an image reference; ``code`` says why, the message in words."""
+
+    def __init__(self, message: str, code: str = PATH_INVALID):
+        super().__init__(message)
+        self.code = code
 
 
 class Reference:
@@ -119,8 +139,8 @@ def _quote(s: str, limit: int = 256) -> str:
     return repr(s)
 
 
-def _fail(s: str, why: str) -> InvalidReference:
-    return InvalidReference("invalid reference " + _quote(s) + ": " + why)
+def _fail(s: str, problem: str, code: str) -> InvalidReference:
+    return InvalidReference("invalid reference " + _quote(s) + ": " + problem, code)
 
 
 def _is_hex64(s: str) -> bool:
@@ -223,19 +243,19 @@ def _valid_algorithm(a: str) -> bool:
     return prev not in _DIGEST_ALG_SEPARATORS
 
 
-def _digest_error(s: str) -> str | None:
-    """Why ``s`` is not a digest that ``Parse`` accepts, or None if it is one."""
+def _digest_error(s: str) -> tuple[str, str] | None:
+    """(problem, code) if ``s`` is not a digest that ``Parse`` accepts, else None."""
     alg, colon, enc = s.partition(":")
     hexlen = _DIGEST_HEX_LEN.get(alg)
     if hexlen is not None and len(enc) == hexlen and not enc.strip(_HEX_LOWER):
         return None
     if not colon or len(enc) < 32 or not _only(enc, _HEX_LOWER + "ABCDEF") or not _valid_algorithm(alg):
-        return "invalid digest format"
+        return "invalid digest format", DIGEST_INVALID
     if hexlen is None:
-        return "unsupported digest algorithm " + _quote(alg, 64)
+        return "unsupported digest algorithm " + _quote(alg, 64), DIGEST_UNSUPPORTED
     if len(enc) != hexlen:
-        return f"invalid {alg} digest length {len(enc)} (want {hexlen})"
-    return "digest hex must be lower case"
+        return f"invalid {alg} digest length {len(enc)} (want {hexlen})", DIGEST_LENGTH
+    return "digest hex must be lower case", DIGEST_INVALID
 
 
 def valid_digest(s: str) -> bool:
@@ -268,11 +288,11 @@ def split_port(domain: str) -> tuple[str, str]:
 def parse(s: str) -> Reference:
     """Parse and normalize ``s``; raise :class:`InvalidReference` if docker would refuse it."""
     if not isinstance(s, str):
-        raise InvalidReference("invalid reference: expected a string, got " + type(s).__name__)
+        raise InvalidReference("invalid reference: expected a string, got " + type(s).__name__, NOT_A_STRING)
     if not s:
-        raise _fail(s, "repository name must have at least one component")
+        raise _fail(s, "repository name must have at least one component", NAME_EMPTY)
     if _is_hex64(s):
-        raise _fail(s, "cannot specify 64-byte hexadecimal strings")
+        raise _fail(s, "cannot specify 64-byte hexadecimal strings", NAME_NOT_CANONICAL)
     domain, rest = split_domain(s)
     if domain == DEFAULT_DOMAIN and "/" not in rest:
         rest = OFFICIAL_PREFIX + rest
@@ -281,18 +301,18 @@ def parse(s: str) -> Reference:
     path, colon, tag = rest.partition(":")
     if not _path_ok(path):
         if path.lower() != path:
-            raise _fail(s, "repository name must be lowercase")
-        raise _fail(s, "invalid repository path " + _quote(path, 64))
+            raise _fail(s, "repository name must be lowercase", NAME_CONTAINS_UPPERCASE)
+        raise _fail(s, "invalid repository path " + _quote(path, 64), PATH_INVALID)
     if colon and not _tag_ok(tag):
-        raise _fail(s, "invalid tag " + _quote(tag, 64))
+        raise _fail(s, "invalid tag " + _quote(tag, 64), TAG_INVALID)
     if at:
-        why = _digest_error(digest)
-        if why is not None:
-            raise _fail(s, why)
+        found = _digest_error(digest)
+        if found is not None:
+            raise _fail(s, *found)
     if domain != DEFAULT_DOMAIN and not _domain_ok(domain):
-        raise _fail(s, "invalid registry " + _quote(domain, 64))
+        raise _fail(s, "invalid registry " + _quote(domain, 64), REGISTRY_INVALID)
     if len(path) > NAME_MAX:
-        raise _fail(s, f"repository name must not be more than {NAME_MAX} characters")
+        raise _fail(s, f"repository name must not be more than {NAME_MAX} characters", NAME_TOO_LONG)
     return Reference(domain, path, tag if colon else None, digest if at else None)
 
 
