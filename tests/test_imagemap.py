@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from imagemapper import imagemap
+from imagemapper import imagemap, reference
 from imagemapper.imagemap import (
     MapInput,
     check_candidate,
@@ -77,23 +77,27 @@ def test_whole_registry_prefix_and_hub_namespace_prefix():
     assert rewrite(maps, "docker.io/bitnami/redis") == "mirror.corp/bitnami/redis"
 
 
-@pytest.mark.parametrize("item,fragment", [
-    ({"from": "Nginx:1"}, "spec.map[0]"),
-    ({"from": "nginx", "to": "registry.corp/nginx:1"}, "has a tag or digest"),
-    ({"from": "nginx:1", "to": "registry.corp/*"}, "is a prefix"),
-    ({"from": "quay.io/*", "to": "registry.corp/quay"}, "must end in '/*'"),
-    ({"from": "quay.io/a*", "to": "x.io/*"}, "'*' is only allowed"),
-    ({"from": "", "to": "x"}, "non-empty"),
-    ({"to": "x"}, "non-empty"),
-    ("nginx", "must be an object"),
-    ({"from": "nginx", "to": 5}, "must be a string"),
-    ({"from": "/*", "to": "x.io/*"}, "needs a registry"),
-    ({"from": "nginx", "to": "UPPER/Case"}, "lowercase"),
+@pytest.mark.parametrize("item,code,reference_code", [
+    ({"from": "Nginx:1"}, imagemap.INVALID_REFERENCE, reference.NAME_CONTAINS_UPPERCASE),
+    ({"from": "nginx", "to": "registry.corp/nginx:1"}, imagemap.KIND_MISMATCH, ""),
+    ({"from": "nginx:1", "to": "registry.corp/*"}, imagemap.KIND_MISMATCH, ""),
+    ({"from": "nginx", "to": "registry.corp/*"}, imagemap.KIND_MISMATCH, ""),
+    ({"from": "quay.io/*", "to": "registry.corp/quay"}, imagemap.KIND_MISMATCH, ""),
+    ({"from": "quay.io/a*", "to": "x.io/*"}, imagemap.MISPLACED_WILDCARD, ""),
+    ({"from": "", "to": "x"}, imagemap.FROM_MISSING, ""),
+    ({"to": "x"}, imagemap.FROM_MISSING, ""),
+    ("nginx", imagemap.NOT_AN_OBJECT, ""),
+    ({"from": "nginx", "to": 5}, imagemap.TO_NOT_A_STRING, ""),
+    ({"from": "/*", "to": "x.io/*"}, imagemap.PREFIX_EMPTY, ""),
+    ({"from": "a..b.io/*", "to": "x.io/*"}, imagemap.PREFIX_INVALID, ""),
+    ({"from": "quay.io/*", "to": "x.io/A_/*"}, imagemap.PREFIX_INVALID, ""),
+    ({"from": "nginx", "to": "UPPER/Case"}, imagemap.INVALID_REFERENCE, reference.NAME_CONTAINS_UPPERCASE),
+    ({"from": "nginx@sha256:abc"}, imagemap.INVALID_REFERENCE, reference.DIGEST_INVALID),
 ])
-def test_invalid_entries_name_the_entry(item, fragment):
+def test_invalid_entries_name_the_entry_and_the_cause(item, code, reference_code):
     with pytest.raises(imagemap.EntryError) as err:
         parse_entry(0, item)
-    assert fragment in str(err.value)
+    assert (err.value.code, err.value.reference_code) == (code, reference_code)
     assert "spec.map[0]" in str(err.value)
 
 

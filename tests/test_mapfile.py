@@ -89,33 +89,33 @@ def test_diagnostic_str_and_fields():
     assert str(d) == "configmap shop/mirrors key maps line 4: " + mapfile.KEY_ERROR
 
 
-@pytest.mark.parametrize("line, message", [
-    ("a.io:b.io:5000/x", mapfile.PORT_ERROR),
-    ("a.io:5000:b.io", mapfile.PORT_ERROR),
-    ("a.io;b.io", mapfile.SYNTAX_ERROR),
-    ("a.io::b.io::c.io", mapfile.SYNTAX_ERROR),
-    ("justakey", mapfile.SYNTAX_ERROR),
-    ("nginx::mirror.corp", mapfile.KEY_ERROR),
-    ("myorg/app::mirror.corp", mapfile.KEY_ERROR),
-    ("::mirror.corp", mapfile.KEY_ERROR),
-    ("[exact]nginx::mirror.corp/nginx", mapfile.KEY_ERROR),
-    ("quay.io/MyOrg::mirror.corp", mapfile.KEY_ERROR),
-    ("bad_host.io::mirror.corp", mapfile.KEY_ERROR),
-    ("quay.io::mirror.corp/", "value must be empty, a registry, registry/path or Docker Hub namespace"),
-    ("quay.io::Mirror/Hub", "value must be empty, a registry, registry/path or Docker Hub namespace"),
-    ("default::nginx:1.0", "value must be empty, a registry, registry/path or Docker Hub namespace"),
-    ("a.io:::b.io", "value must be empty, a registry, registry/path or Docker Hub namespace"),
-    ("default::m.io/a_-", "a value ending in '-' must give a valid image name when a registry is appended"),
-    ("[REPLACE]::m.io", "[REPLACE] needs a glob pattern after the keyword"),
-    ("[REPLACE]x*::m.io//bad", "[REPLACE] value must be empty, a registry, registry/path or Docker Hub namespace"),
-    ("[REPLACE]x*::/", "[REPLACE] value must be empty, a registry, registry/path or Docker Hub namespace"),
-    ("[EXACT]m.io/a::m.io/b:c:d", "[EXACT] value must be empty or a full image reference"),
+@pytest.mark.parametrize("line, code", [
+    ("a.io:b.io:5000/x", mapfile.PORT_NEEDS_SEPARATOR),
+    ("a.io:5000:b.io", mapfile.PORT_NEEDS_SEPARATOR),
+    ("a.io;b.io", mapfile.BAD_SYNTAX),
+    ("a.io::b.io::c.io", mapfile.BAD_SYNTAX),
+    ("justakey", mapfile.BAD_SYNTAX),
+    ("nginx::mirror.corp", mapfile.BAD_KEY),
+    ("myorg/app::mirror.corp", mapfile.BAD_KEY),
+    ("::mirror.corp", mapfile.BAD_KEY),
+    ("[exact]nginx::mirror.corp/nginx", mapfile.BAD_KEY),
+    ("quay.io/MyOrg::mirror.corp", mapfile.BAD_KEY),
+    ("bad_host.io::mirror.corp", mapfile.BAD_KEY),
+    ("quay.io::mirror.corp/", mapfile.BAD_VALUE),
+    ("quay.io::Mirror/Hub", mapfile.BAD_VALUE),
+    ("default::nginx:1.0", mapfile.BAD_VALUE),
+    ("a.io:::b.io", mapfile.BAD_VALUE),
+    ("default::m.io/a_-", mapfile.BAD_VALUE),
+    ("[REPLACE]::m.io", mapfile.BAD_KEY),
+    ("[REPLACE]x*::m.io//bad", mapfile.BAD_VALUE),
+    ("[REPLACE]x*::/", mapfile.BAD_VALUE),
+    ("[EXACT]m.io/a::m.io/b:c:d", mapfile.BAD_VALUE),
 ])
-def test_error_lines_are_skipped(line, message):
+def test_error_lines_are_skipped_with_their_cause(line, code):
     entries, diags = mapfile.parse("default::ok.io\n" + line + "\n", "s")
     assert [e.key for e in entries] == ["default"]
-    [(source, number, text)] = msgs(diags, "error")
-    assert (source, number) == ("s", 2) and text.startswith(message)
+    [diag] = [d for d in diags if d.severity == "error"]
+    assert (diag.source, diag.line, diag.code, diag.reason) == ("s", 2, code, mapfile.INVALID_LINES)
 
 
 @pytest.mark.parametrize("line,why", [
@@ -135,6 +135,9 @@ def test_each_warning_has_the_reason_of_its_cause():
     assert sorted((d.line, d.reason) for d in diags) == [
         (1, mapfile.DEPRECATED_SYNTAX), (2, mapfile.DUPLICATE_KEY), (2, mapfile.INACTIVE_RULES),
         (2, mapfile.SHADOWED_RULE), (4, mapfile.SHADOWED_RULE), (5, mapfile.INVALID_LINES)]
+    assert sorted((d.line, d.code) for d in diags) == [  # a warning's cause is its reason
+        (1, mapfile.DEPRECATED_SYNTAX), (2, mapfile.DUPLICATE_KEY), (2, mapfile.INACTIVE_RULES),
+        (2, mapfile.SHADOWED_RULE), (4, mapfile.SHADOWED_RULE), (5, mapfile.BAD_SYNTAX)]
 
 
 def test_shadowed_rules_are_reported_soundly():
@@ -152,6 +155,7 @@ def test_exact_key_error_names_the_reference_problem():
     entries, diags = mapfile.parse("[EXACT]Nginx::m.io/nginx", "s")
     assert entries == []
     assert diags[0].message.startswith("[EXACT] key: invalid reference")
+    assert diags[0].code == mapfile.BAD_KEY
 
 
 def test_deprecated_separator_is_a_warning_and_still_works():

@@ -135,9 +135,9 @@ def _validate_imagemap(request: Payload, obj: Payload, settings: Settings) -> Ad
                                f"({exc}); the sync hook will report a conflict in its status")])
     others = [MapInput(candidate.namespace, name, spec.get("created", ""), 0, spec.get("items", []))
               for name, spec in accepted.items() if name != candidate.name and isinstance(spec, dict)]
-    issue = check_candidate(candidate, others)
-    if issue:
-        return protocol.deny(f"{where} conflicts with accepted ImageMaps: {issue}")
+    problem = check_candidate(candidate, others)
+    if problem:
+        return protocol.deny(f"{where} conflicts with accepted ImageMaps: {problem}")
     return protocol.allow(_imagemap_warnings(obj, where))
 
 

@@ -67,8 +67,28 @@ class Entry:
         return f"spec.map[{self.index}]"
 
 
+# Why an entry cannot be used (EntryError.code).
+NOT_AN_OBJECT = "NotAnObject"          # the item is not a mapping
+FROM_MISSING = "FromMissing"           # no non-empty string 'from'
+TO_NOT_A_STRING = "ToNotAString"
+INVALID_REFERENCE = "InvalidReference"  # 'from' or 'to' does not parse (reference_code says how)
+PREFIX_EMPTY = "PrefixEmpty"           # '/*' with nothing before it
+PREFIX_INVALID = "PrefixInvalid"       # bad registry or path before '/*'
+MISPLACED_WILDCARD = "MisplacedWildcard"  # '*' anywhere but a final '/*'
+KIND_MISMATCH = "KindMismatch"         # 'to' is not the same kind as 'from' (prefix, repository, exact)
+
+
 class EntryError(ValueError):
-    """An entry that cannot be used; the message names the entry."""
+    """An entry that cannot be used; ``code`` says why, the message names the entry.
+
+    ``reference_code`` is the :class:`~imagemapper.reference.InvalidReference` code when a
+    reference does not parse, else "".
+    """
+
+    def __init__(self, message: str, code: str, reference_code: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.reference_code = reference_code
 
 
 def _prefix_key(text: str, what: str) -> str:
@@ -79,13 +99,13 @@ def _prefix_key(text: str, what: str) -> str:
     names a path, not an image.
     """
     if not text:
-        raise EntryError(f"{what} prefix needs a registry or path before '/*'")
+        raise EntryError(f"{what} prefix needs a registry or path before '/*'", PREFIX_EMPTY)
     domain, rest = split_domain(text + "/x")
     rest = rest[:-2]
     if not valid_domain(domain):
-        raise EntryError(f"{what} {text!r}: invalid registry {domain!r}")
+        raise EntryError(f"{what} {text!r}: invalid registry {domain!r}", PREFIX_INVALID)
     if rest and not valid_path(rest):
-        raise EntryError(f"{what} {text!r}: invalid repository path {rest!r}")
+        raise EntryError(f"{what} {text!r}: invalid repository path {rest!r}", PREFIX_INVALID)
     return f"{domain}/{rest}" if rest else domain
 
 
@@ -93,19 +113,20 @@ def parse_entry(index: int, item: object) -> Entry:
     """Validate one ``spec.map`` item; raise EntryError naming what is wrong."""
     label = f"spec.map[{index}]"
     if not isinstance(item, dict):
-        raise EntryError(f"{label}: must be an object with 'from' and optional 'to'")
+        raise EntryError(f"{label}: must be an object with 'from' and optional 'to'", NOT_AN_OBJECT)
     raw_from, raw_to = item.get("from"), item.get("to")
     if not isinstance(raw_from, str) or not raw_from:
-        raise EntryError(f"{label}: 'from' must be a non-empty string")
+        raise EntryError(f"{label}: 'from' must be a non-empty string", FROM_MISSING)
     if raw_to is not None and not isinstance(raw_to, str):
-        raise EntryError(f"{label}: 'to' must be a string")
+        raise EntryError(f"{label}: 'to' must be a string", TO_NOT_A_STRING)
     raw_to = raw_to or None
     try:
         return _build_entry(index, raw_from, raw_to)
     except InvalidReference as exc:
-        raise EntryError(f"{label} (from {raw_from!r}): {exc}{_hint(raw_from, raw_to)}") from None
+        raise EntryError(f"{label} (from {raw_from!r}): {exc}{_hint(raw_from, raw_to)}",
+                         INVALID_REFERENCE, exc.code) from None
     except EntryError as exc:
-        raise EntryError(f"{label} (from {raw_from!r}): {exc}") from None
+        raise EntryError(f"{label} (from {raw_from!r}): {exc}", exc.code) from None
 
 
 def _hint(raw_from: str, raw_to: str | None) -> str:
@@ -125,18 +146,18 @@ def _build_entry(index: int, raw_from: str, raw_to: str | None) -> Entry:
         if raw_to is None:
             return Entry(index, PREFIX, key, None, None, raw_from, None)
         if not raw_to.endswith("/*"):
-            raise EntryError(f"'to' {raw_to!r} must end in '/*' like 'from'")
+            raise EntryError(f"'to' {raw_to!r} must end in '/*' like 'from'", KIND_MISMATCH)
         to_key = _prefix_key(raw_to[:-2], "'to'")
         return Entry(index, PREFIX, key, raw_to[:-2], (PREFIX, to_key, to_key), raw_from, raw_to)
     if "*" in raw_from:
-        raise EntryError("'*' is only allowed as a final '/*' path prefix")
+        raise EntryError("'*' is only allowed as a final '/*' path prefix", MISPLACED_WILDCARD)
     ref = parse(raw_from)
     if ref.tag is None and ref.digest is None:
         return _repo_entry(index, ref.name, raw_from, raw_to)
     if raw_to is None:
         return Entry(index, EXACT, str(ref), None, None, raw_from, None, ref.name)
     if raw_to.endswith("/*"):
-        raise EntryError(f"'to' {raw_to!r} is a prefix, but 'from' is an exact reference")
+        raise EntryError(f"'to' {raw_to!r} is a prefix, but 'from' is an exact reference", KIND_MISMATCH)
     to_ref = parse(raw_to)
     return Entry(index, EXACT, str(ref), raw_to, (EXACT, str(to_ref), to_ref.name), raw_from, raw_to,
                  ref.name)
@@ -146,12 +167,12 @@ def _repo_entry(index: int, name: str, raw_from: str, raw_to: str | None) -> Ent
     if raw_to is None:
         return Entry(index, REPO, name, None, None, raw_from, None)
     if raw_to.endswith("/*"):
-        raise EntryError(f"'to' {raw_to!r} is a prefix, but 'from' is a repository")
+        raise EntryError(f"'to' {raw_to!r} is a prefix, but 'from' is a repository", KIND_MISMATCH)
     to_ref = parse(raw_to)
     if to_ref.tag is not None or to_ref.digest is not None:
         raise EntryError(
             f"'to' {raw_to!r} has a tag or digest, but 'from' is a repository "
-            "(its tag and digest are carried over)")
+            "(its tag and digest are carried over)", KIND_MISMATCH)
     return Entry(index, REPO, name, raw_to, (REPO, to_ref.name, to_ref.name), raw_from, raw_to)
 
 
@@ -341,9 +362,9 @@ def _absorb(entries: list[Entry], name: str) -> tuple[_Accepted, str | None]:
     """
     own = _Accepted()
     for entry in entries:
-        issue = own.problem([entry], name)
-        if issue:
-            return own, issue
+        problem = own.problem([entry], name)
+        if problem:
+            return own, problem
         own.add([entry], name)
     return own, None
 
@@ -361,11 +382,11 @@ def resolve_namespace(maps: list[MapInput]) -> dict[str, Verdict]:
         if error:
             verdicts[imap.name] = Verdict("Invalid", error, [])
             continue
-        own, issue = _absorb(entries, imap.name)
-        if not issue and accepted is not None:
-            issue = accepted.problem(entries, imap.name)
-        if issue:
-            verdicts[imap.name] = Verdict("Conflict", issue, [])
+        own, problem = _absorb(entries, imap.name)
+        if not problem and accepted is not None:
+            problem = accepted.problem(entries, imap.name)
+        if problem:
+            verdicts[imap.name] = Verdict("Conflict", problem, [])
             continue
         if accepted is None:
             accepted = own  # the first accepted map: its own index is the namespace's
@@ -388,9 +409,9 @@ def check_candidate(candidate: MapInput, others: list[MapInput]) -> str | None:
     entries, error = validate_entries(candidate)
     if error:
         return error
-    _, issue = _absorb(entries, candidate.name)
-    if issue:
-        return issue
+    _, problem = _absorb(entries, candidate.name)
+    if problem:
+        return problem
     accepted = _Accepted()
     for other in others:
         other_entries, other_error = validate_entries(other)

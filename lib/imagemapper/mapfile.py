@@ -82,6 +82,11 @@ DEPRECATED_SYNTAX = "DeprecatedMapSyntax"
 INACTIVE_RULES = "InactiveMapRules"
 DUPLICATE_KEY = "DuplicateMapKey"
 SHADOWED_RULE = "ShadowedMapRule"
+# The cause of an error line (Diagnostic.code; every warning's code is its reason).
+BAD_SYNTAX = "MapLineSyntax"                          # not key::value
+PORT_NEEDS_SEPARATOR = "MapLinePortNeedsDoubleColon"  # key:port:value with one-colon separators
+BAD_KEY = "MapLineInvalidKey"
+BAD_VALUE = "MapLineInvalidValue"
 
 INVALID_RESULT = "; result {!r} is not a valid reference, image left unchanged"
 NOT_A_REPO = "; value is not a repository for an image named exactly like the key, image left unchanged"
@@ -90,14 +95,17 @@ NOT_A_REPO = "; value is not a repository for an image named exactly like the ke
 class Diagnostic:
     """One problem found in a map file, located by source and 1-based line."""
 
-    __slots__ = ("line", "message", "reason", "severity", "source")
+    __slots__ = ("code", "line", "message", "reason", "severity", "source")
 
-    def __init__(self, source: str, line: int, severity: str, message: str, reason: str = ""):
+    def __init__(self, source: str, line: int, severity: str, message: str, reason: str = "",
+                 code: str = ""):
         self.source = source
         self.line = line
         self.severity = severity  # "error" (line skipped) or "warning"
         self.message = message
+        # The Event reason it is reported under, and the precise cause (for tests and tools).
         self.reason = reason or (INVALID_LINES if severity == "error" else DEPRECATED_SYNTAX)
+        self.code = code or self.reason
 
     def __str__(self) -> str:
         return f"{self.source} line {self.line}: {self.message}"
@@ -160,14 +168,15 @@ def parse(text: str, source: str) -> tuple[list[Entry], list[Diagnostic]]:
                 message = PORT_ERROR if many else SYNTAX_ERROR
                 if "://" in line:
                     message += "; " + _scheme_hint(line)
-                diags.append(Diagnostic(source, number, "error", message))
+                diags.append(Diagnostic(source, number, "error", message, INVALID_LINES,
+                                        PORT_NEEDS_SEPARATOR if many else BAD_SYNTAX))
                 continue
             parts = line.split(":")
             deprecated = True
         key, value = parts
-        kind, norm, why = _classify(key, value)
-        if why is not None:
-            diags.append(Diagnostic(source, number, "error", why))
+        kind, norm, problem = _classify(key, value)
+        if problem is not None:
+            diags.append(Diagnostic(source, number, "error", problem[0], INVALID_LINES, problem[1]))
             continue
         if deprecated:
             diags.append(Diagnostic(source, number, "warning", DEPRECATED))
@@ -175,10 +184,10 @@ def parse(text: str, source: str) -> tuple[list[Entry], list[Diagnostic]]:
     return entries, diags
 
 
-def _classify(key: str, value: str) -> tuple[str, str, str | None]:
-    """Return (kind, normalized key, error message or None) for one line."""
+def _classify(key: str, value: str) -> tuple[str, str, tuple[str, str] | None]:
+    """Return (kind, normalized key, (problem, code) or None) for one line."""
     if key == DEFAULT:
-        return DEFAULT, key, _prefix_value_error(value)
+        return DEFAULT, key, _bad_value(_prefix_value_error(value))
     if key == NOSWAP:
         return "noswap", key, None
     if key.startswith(EXACT):
@@ -186,21 +195,25 @@ def _classify(key: str, value: str) -> tuple[str, str, str | None]:
     if key.startswith(REPLACE):
         glob = key[len(REPLACE):]
         if not glob:
-            return "replace", glob, "[REPLACE] needs a glob pattern after the keyword"
-        return "replace", glob, _replace_value_error(value)
+            return "replace", glob, ("[REPLACE] needs a glob pattern after the keyword", BAD_KEY)
+        return "replace", glob, _bad_value(_replace_value_error(value))
     norm = _registry_key(key)
     if norm is None:
-        return "registry", key, _with_hint(KEY_ERROR, key)
-    return "registry", norm, _prefix_value_error(value)
+        return "registry", key, (_with_hint(KEY_ERROR, key), BAD_KEY)
+    return "registry", norm, _bad_value(_prefix_value_error(value))
 
 
-def _classify_exact(ref: str, value: str) -> tuple[str, str, str | None]:
+def _bad_value(problem: str | None) -> tuple[str, str] | None:
+    return None if problem is None else (problem, BAD_VALUE)
+
+
+def _classify_exact(ref: str, value: str) -> tuple[str, str, tuple[str, str] | None]:
     try:
         norm = str(parse_reference(ref))
     except InvalidReference as exc:
-        return "exact", ref, "[EXACT] key: " + str(exc)
+        return "exact", ref, ("[EXACT] key: " + str(exc), BAD_KEY)
     if value and not is_valid(value):
-        return "exact", norm, "[EXACT] value must be empty or a full image reference"
+        return "exact", norm, ("[EXACT] value must be empty or a full image reference", BAD_VALUE)
     return "exact", norm, None
 
 
