@@ -381,3 +381,17 @@ def test_ctrl_c_exits_130_without_a_traceback():
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130 and "Traceback" not in err
+
+
+def test_rewrite_of_bad_yaml_is_a_usage_error_not_a_traceback(tmp_path):
+    out = cli("rewrite", "-f", write(tmp_path, "bad.yaml", "kind: [\n"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "bad.yaml: YAML syntax error: line 2" in out.stderr
+
+
+def test_rewrite_passes_odd_documents_through(tmp_path):
+    """`kind: 1`, a List whose items are not a list, and scalars are not Pods: left as they are."""
+    text = "kind: 1\n---\napiVersion: v1\nkind: List\nitems: 3\n---\n5\n---\nkind: PodList\nitems: []\n"
+    out = cli("rewrite", "-f", write(tmp_path, "odd.yaml", text))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert list(yaml.safe_load_all(out.stdout)) == list(yaml.safe_load_all(text))

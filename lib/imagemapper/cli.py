@@ -219,8 +219,8 @@ def _rewrite_manifests(args: argparse.Namespace, rules_: Rules) -> None:
     except yaml.YAMLError as exc:
         raise UsageError(f"{args.filename}: {inputs.yaml_error(exc)}") from None
     for doc in docs:
-        items = doc.get("items") if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") else None
-        for obj in items if isinstance(items, list) else [doc]:
+        items = inputs.list_items(doc)
+        for obj in [doc] if items is None else items:
             rewrite_object(obj, rules_, args.explain)
     sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
 

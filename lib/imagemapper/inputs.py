@@ -83,12 +83,23 @@ def yaml_documents(path: str, text: str) -> tuple[list[Document], list[str]]:
         if doc is None:
             continue
         where = f"{path} document {number}"
-        items = doc.get("items") if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") else None
-        if isinstance(items, list):
+        items = list_items(doc)
+        if items is not None:
             docs += [Document(item, f"{where} item {i + 1}") for i, item in enumerate(items)]
         else:
             docs.append(Document(doc, where))
     return docs, [f"{path} {d}" for d in duplicates]
+
+
+def list_items(doc: object) -> list[Any] | None:
+    """The items of a ``List`` kind (``v1/List``, ``ImageMapList``, ...), else None.
+
+    The items are the document's own objects, so that a caller may change them in place.
+    """
+    if not kube.text(doc, "kind").endswith("List"):
+        return None
+    items = kube.resolve(doc, "items")
+    return items if isinstance(items, list) else None
 
 
 def yaml_error(exc: BaseException) -> str:
