@@ -19,7 +19,7 @@ def imap(name: str, items: list, created: str = "2024-01-01T00:00:00Z", ns: str 
 
 def rewrite(maps: list[MapInput], image: str) -> str | None:
     verdicts = resolve_namespace(maps)
-    layer, _ = imagemap.compile_layer(verdicts)
+    layer, _ = imagemap.compile_accepted(verdicts)
     if layer is None:
         return image
     found = imagemap.lookup(layer, parse(image))
@@ -222,6 +222,6 @@ def test_100k_entries_resolve_in_linear_time():
              for i in range(100_000)]
     verdict = resolve_namespace([imap("big", items)])["big"]
     assert verdict.ready and verdict.rules == 100_000
-    layer, targets = imagemap.compile_layer({"big": verdict})
+    layer, targets = imagemap.compile_accepted({"big": verdict})
     assert imagemap.lookup(layer, parse("quay.io/org7/app777:v1"))[0] == "mirror.corp/org7/app777:v1"
     assert len(targets["repo"]) == 100_000

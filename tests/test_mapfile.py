@@ -20,7 +20,7 @@ CASES = json.loads((DATA / "cases.json").read_text())["cases"]
 
 def layer_of(*texts: str) -> tuple[dict | None, dict, list]:
     """Compile texts as files src0, src1, ... in that order."""
-    return mapfile.compile_layer([(f"src{i}", t) for i, t in enumerate(texts)])
+    return mapfile.compile_files([(f"src{i}", t) for i, t in enumerate(texts)])
 
 
 def swap(layer: dict | None, image: str) -> str:
@@ -53,7 +53,7 @@ def test_case_table_is_complete():
 @pytest.mark.parametrize("case", RUN, ids=[f'{c["id"]}-{c["test"].split(".")[-1]}' for c in RUN])
 def test_upstream_case(case):
     text = (DATA / case["map_file"]).read_text()
-    layer, targets, _ = mapfile.compile_layer([("file " + case["map_file"], text)])
+    layer, targets, _ = mapfile.compile_files([("file " + case["map_file"], text)])
     want = case["expected"] if case["expected"] is not None else case["image"]
     got = swap(layer, case["image"])
     assert got == want
@@ -64,7 +64,7 @@ def test_upstream_case(case):
 
 def test_upstream_map_file_diagnostics():
     """Fixture map_file.conf: three bad lines, deprecated ':' everywhere else it is used."""
-    _, _, diags = mapfile.compile_layer([("f", (DATA / "map_file.conf").read_text())])
+    _, _, diags = mapfile.compile_files([("f", (DATA / "map_file.conf").read_text())])
     assert msgs(diags, "error") == [
         ("f", 14, mapfile.PORT_ERROR),
         ("f", 15, mapfile.PORT_ERROR),
@@ -74,7 +74,7 @@ def test_upstream_map_file_diagnostics():
 
 
 def test_no_default_fixture_warns_once():
-    _, targets, diags = mapfile.compile_layer([("f", (DATA / "map_file_no_default.conf").read_text())])
+    _, targets, diags = mapfile.compile_files([("f", (DATA / "map_file_no_default.conf").read_text())])
     assert ("f", 3, mapfile.NO_DEFAULT) in msgs(diags, "warning")
     assert targets == {"exact": [], "repo": [], "prefix": [], "strprefix": []}
 
@@ -83,7 +83,7 @@ def test_no_default_fixture_warns_once():
 
 
 def test_diagnostic_str_and_fields():
-    _, diags = mapfile.parse("default::x\n\n# c\nbogus::y\n", "configmap shop/mirrors key maps")
+    _, diags = mapfile.parse_lines("default::x\n\n# c\nbogus::y\n", "configmap shop/mirrors key maps")
     (d,) = diags
     assert (d.source, d.line, d.severity) == ("configmap shop/mirrors key maps", 4, "error")
     assert str(d) == "configmap shop/mirrors key maps line 4: " + mapfile.KEY_ERROR
@@ -112,7 +112,7 @@ def test_diagnostic_str_and_fields():
     ("[EXACT]m.io/a::m.io/b:c:d", mapfile.BAD_VALUE),
 ])
 def test_error_lines_are_skipped_with_their_cause(line, code):
-    entries, diags = mapfile.parse("default::ok.io\n" + line + "\n", "s")
+    entries, diags = mapfile.parse_lines("default::ok.io\n" + line + "\n", "s")
     assert [e.key for e in entries] == ["default"]
     [diag] = [d for d in diags if d.severity == "error"]
     assert (diag.source, diag.line, diag.code, diag.reason) == ("s", 2, code, mapfile.INVALID_LINES)
@@ -125,13 +125,13 @@ def test_error_lines_are_skipped_with_their_cause(line, code):
     ("quay.io/MyOrg::mirror.corp", "'MyOrg' has upper-case letters"),
 ])
 def test_error_lines_say_why(line, why):
-    _, diags = mapfile.parse(line, "s")
+    _, diags = mapfile.parse_lines(line, "s")
     assert len(diags) == 1 and why in diags[0].message, diags
 
 
 def test_each_warning_has_the_reason_of_its_cause():
     text = "quay.io:a.io\nquay.io::b.io\n[REPLACE]*::c.io\n[REPLACE]gcr.io/*::d.io\nbad line\n"
-    _, _, diags = mapfile.compile_layer([("s", text)])
+    _, _, diags = mapfile.compile_files([("s", text)])
     assert sorted((d.line, d.reason) for d in diags) == [
         (1, mapfile.DEPRECATED_SYNTAX), (2, mapfile.DUPLICATE_KEY), (2, mapfile.INACTIVE_RULES),
         (2, mapfile.SHADOWED_RULE), (4, mapfile.SHADOWED_RULE), (5, mapfile.INVALID_LINES)]
@@ -143,7 +143,7 @@ def test_each_warning_has_the_reason_of_its_cause():
 def test_shadowed_rules_are_reported_soundly():
     text = "default::\n[REPLACE]quay.io/*::a.io\n[REPLACE]quay.io/org/*::b.io\n" \
            "[REPLACE]gcr.io/?x::c.io\n[REPLACE]gcr.io/*::d.io\nquay.io::e.io\n[REPLACE]*::f.io\n"
-    _, _, diags = mapfile.compile_layer([("s", text)])
+    _, _, diags = mapfile.compile_files([("s", text)])
     shadowed = sorted(d.line for d in diags if d.reason == mapfile.SHADOWED_RULE)
     # line 3 lies inside line 2; line 5 is not inside line 4 (a `?` glob); key quay.io keeps
     # its port-fallback images (quay.io:5000/x), which no glob before [REPLACE]* covers;
@@ -152,7 +152,7 @@ def test_shadowed_rules_are_reported_soundly():
 
 
 def test_exact_key_error_names_the_reference_problem():
-    entries, diags = mapfile.parse("[EXACT]Nginx::m.io/nginx", "s")
+    entries, diags = mapfile.parse_lines("[EXACT]Nginx::m.io/nginx", "s")
     assert entries == []
     assert diags[0].message.startswith("[EXACT] key: invalid reference")
     assert diags[0].code == mapfile.BAD_KEY
@@ -166,7 +166,7 @@ def test_deprecated_separator_is_a_warning_and_still_works():
 
 def test_comment_starts_at_first_hash_and_all_whitespace_goes():
     text = "\ufeff\tdefault :: m.io # first # second\r\n  # indented comment\n\n quay.io\t::\tq.io#x\n#k::v\n"
-    entries, diags = mapfile.parse(text, "s")
+    entries, diags = mapfile.parse_lines(text, "s")
     assert diags == []
     assert [(e.line, e.key, e.value) for e in entries] == [(1, "default", "m.io"), (4, "quay.io", "q.io")]
     assert entries[0].rule == "s line 1: default::m.io"
@@ -324,7 +324,7 @@ def test_identity_result_is_still_a_match():
 
 def test_layer_and_targets_are_json():
     text = (DATA / "map_file.conf").read_text() + "\n[EXACT]a::b.io/c:1\n[REPLACE]x*::r.io/\n"
-    layer, targets, _ = mapfile.compile_layer([("f", text)])
+    layer, targets, _ = mapfile.compile_files([("f", text)])
     again = json.loads(json.dumps(layer))
     assert again == layer and json.loads(json.dumps(targets)) == targets
     for image in ("alpine", "quay.io/solo/gloo:v1.0", "registry.internal.twr.io:443/a", "a", "xy"):
@@ -444,7 +444,7 @@ def test_lookup_results_are_valid_and_under_targets(files, imgs):
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200), st.lists(images(), min_size=1, max_size=3))
 def test_parse_never_raises_on_arbitrary_text(text, imgs):
-    layer, _, diags = mapfile.compile_layer([("s", text)])
+    layer, _, diags = mapfile.compile_files([("s", text)])
     assert all(1 <= d.line <= text.count("\n") + 1 for d in diags)
     for image in imgs:
         if layer is not None:

@@ -150,10 +150,10 @@ def _imagemap_warnings(obj: Payload, where: str) -> list[str]:
 
 def _error_lines(text: str) -> set:
     """The text of every line of a map file that is an error (to tell old from new)."""
-    from imagemapper.mapfile import parse
+    from imagemapper.mapfile import parse_lines
 
     lines = text.splitlines()
-    return {lines[d.line - 1] for d in parse(text, "")[1]
+    return {lines[d.line - 1] for d in parse_lines(text, "")[1]
             if d.severity == "error" and 0 < d.line <= len(lines)}
 
 
@@ -166,7 +166,7 @@ def _validate_mapfile(request: Payload, obj: Payload) -> AdmissionResponse:
     """
     from imagemapper.compiler import MapFileInput
     from imagemapper.inputs import is_map_file
-    from imagemapper.mapfile import parse
+    from imagemapper.mapfile import parse_lines
 
     if not is_map_file(obj):
         return protocol.allow()
@@ -177,7 +177,7 @@ def _validate_mapfile(request: Payload, obj: Payload) -> AdmissionResponse:
     for (source, text), key in zip(cm.files(), sorted(cm.data)):
         before = _error_lines(old_data[key]) if key in old_data else set()
         lines = text.splitlines()
-        for diag in parse(text, source)[1]:
+        for diag in parse_lines(text, source)[1]:
             line = lines[diag.line - 1] if 0 < diag.line <= len(lines) else None
             if diag.severity == "error" and line not in before:
                 errors.append(str(diag))

@@ -104,8 +104,8 @@ def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[Map
                       ) -> tuple[NamespaceDoc | None, dict[str, list[Any]], Diagnostics, int]:
     """Compile one namespace: (doc or None, verdicts, diagnostics per ConfigMap, rule count)."""
     verdicts = imagemap.resolve_namespace(maps)
-    im_layer, im_targets = imagemap.compile_layer(verdicts)
-    mf_layer, mf_targets, diags = mapfile.compile_layer(_files_of(configmaps))
+    im_layer, im_targets = imagemap.compile_accepted(verdicts)
+    mf_layer, mf_targets, diags = mapfile.compile_files(_files_of(configmaps))
     accepted = {m.name: {"created": m.created, "items": m.items}
                 for m in maps if verdicts[m.name].ready}
     doc: NamespaceDoc | None = None
@@ -119,7 +119,7 @@ def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[Map
 
 def compile_cluster(configmaps: list[MapFileInput]) -> tuple[ClusterDoc, Diagnostics, int]:
     """Compile the cluster-wide map files: (doc, diagnostics, rule count)."""
-    layer, targets, diags = mapfile.compile_layer(_files_of(configmaps))
+    layer, targets, diags = mapfile.compile_files(_files_of(configmaps))
     doc: ClusterDoc = {"mapfiles": layer, "targets": merge_targets(targets)}
     return doc, _split_diagnostics(diags, configmaps), layer_size(layer)
 

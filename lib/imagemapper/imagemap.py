@@ -26,7 +26,7 @@ from imagemapper.reference import (
     InvalidReference,
     name_prefixes,
     parse,
-    split_domain,
+    split_prefix,
     valid_domain,
     valid_path,
 )
@@ -100,8 +100,7 @@ def _prefix_key(text: str, what: str) -> str:
     """
     if not text:
         raise EntryError(f"{what} prefix needs a registry or path before '/*'", PREFIX_EMPTY)
-    domain, rest = split_domain(text + "/x")
-    rest = rest[:-2]
+    domain, rest = split_prefix(text)
     if not valid_domain(domain):
         raise EntryError(f"{what} {text!r}: invalid registry {domain!r}", PREFIX_INVALID)
     if rest and not valid_path(rest):
@@ -422,7 +421,7 @@ def check_candidate(candidate: MapInput, others: list[MapInput]) -> str | None:
 
 # ----------------------------------------------------------------------------- layer
 
-def compile_layer(verdicts: dict[str, Verdict]) -> tuple[ImageMapLayer | None, Targets]:
+def compile_accepted(verdicts: dict[str, Verdict]) -> tuple[ImageMapLayer | None, Targets]:
     """Turn accepted entries into a lookup layer and its targets."""
     exact: dict[str, Hit] = {}
     repo: dict[str, Hit] = {}

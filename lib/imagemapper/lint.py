@@ -94,7 +94,7 @@ def configmap_problems(obj: dict) -> tuple[list[str], list[mapfile.Diagnostic]]:
 def mapfile_diagnostics(cm: MapFileInput) -> list[mapfile.Diagnostic]:
     """The diagnostics the sync hook finds in this ConfigMap's keys, read as one file."""
     files = cm.files()
-    layer, _, diags = mapfile.compile_layer(files)
+    layer, _, diags = mapfile.compile_files(files)
     if layer is None and not any(d.severity == "error" for d in diags):
         source = files[0][0] if files else cm.prefix() + "(none)"
         diags.append(mapfile.Diagnostic(source, 1, "warning", NO_RULES, mapfile.INACTIVE_RULES))

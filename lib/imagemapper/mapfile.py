@@ -39,11 +39,16 @@ Deliberate divergences from imageswap, each also listed in ``docs/mapfiles.md``:
 from __future__ import annotations
 
 from imagemapper.reference import (
+    DEFAULT_DOMAIN,
+    LEGACY_DOMAIN,
     InvalidReference,
     Reference,
+    is_registry,
     is_valid,
+    short_path,
     split_domain,
     split_port,
+    split_prefix,
     valid_domain,
     valid_path,
 )
@@ -57,11 +62,8 @@ if TYPE_CHECKING:
 
 DEFAULT: Final = "default"  # Final: a layer key the type checker knows
 NOSWAP = "noswap_wildcards"
-EXACT = "[EXACT]"
-REPLACE = "[REPLACE]"
-HUB = "docker.io"
-LEGACY_HUB = "index.docker.io"
-OFFICIAL = "library/"
+EXACT_KEYWORD = "[EXACT]"  # key prefixes; the "exact" and "replace" kinds are what they make
+REPLACE_KEYWORD = "[REPLACE]"
 
 KEY_ERROR = "key must be default, noswap_wildcards, [EXACT]..., [REPLACE]... or start with a registry"
 PORT_ERROR = "port in key or value requires '::'"
@@ -120,7 +122,7 @@ class Diagnostic:
             other.source, other.line, other.severity, other.message)
 
 
-class Entry:
+class MapLine:
     """One accepted ``key::value`` line.
 
     ``kind`` is ``default``, ``noswap``, ``exact``, ``replace`` or ``registry``; ``key`` is
@@ -145,15 +147,15 @@ class Entry:
         return f"{self.source} line {self.line}: {self.text}"
 
     def __repr__(self) -> str:
-        return f"Entry({self.kind!r}, {self.key!r}, {self.value!r}, {self.source!r} line {self.line})"
+        return f"MapLine({self.kind!r}, {self.key!r}, {self.value!r}, {self.source!r} line {self.line})"
 
 
 # ---------------------------------------------------------------------------- parsing
 
 
-def parse(text: str, source: str) -> tuple[list[Entry], list[Diagnostic]]:
+def parse_lines(text: str, source: str) -> tuple[list[MapLine], list[Diagnostic]]:
     """Read one map file; bad lines become error diagnostics and are skipped, never raised."""
-    entries: list[Entry] = []
+    entries: list[MapLine] = []
     diags: list[Diagnostic] = []
     text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the first key
     for number, raw in enumerate(text.split("\n"), 1):
@@ -180,7 +182,7 @@ def parse(text: str, source: str) -> tuple[list[Entry], list[Diagnostic]]:
             continue
         if deprecated:
             diags.append(Diagnostic(source, number, "warning", DEPRECATED))
-        entries.append(Entry(source, number, kind, norm, value, key + "::" + value))
+        entries.append(MapLine(source, number, kind, norm, value, key + "::" + value))
     return entries, diags
 
 
@@ -190,10 +192,10 @@ def _classify(key: str, value: str) -> tuple[str, str, tuple[str, str] | None]:
         return DEFAULT, key, _bad_value(_prefix_value_error(value))
     if key == NOSWAP:
         return "noswap", key, None
-    if key.startswith(EXACT):
-        return _classify_exact(key[len(EXACT):], value)
-    if key.startswith(REPLACE):
-        glob = key[len(REPLACE):]
+    if key.startswith(EXACT_KEYWORD):
+        return _classify_exact(key[len(EXACT_KEYWORD):], value)
+    if key.startswith(REPLACE_KEYWORD):
+        glob = key[len(REPLACE_KEYWORD):]
         if not glob:
             return "replace", glob, ("[REPLACE] needs a glob pattern after the keyword", BAD_KEY)
         return "replace", glob, _bad_value(_replace_value_error(value))
@@ -220,18 +222,13 @@ def _classify_exact(ref: str, value: str) -> tuple[str, str, tuple[str, str] | N
 def _registry_key(key: str) -> str | None:
     """Normalize ``domain[/path]`` (``index.docker.io`` -> ``docker.io``), or None if not one."""
     first, _, path = key.rstrip("/").partition("/")
-    if not _registry_like(first) or not valid_domain(first):
+    if not is_registry(first) or not valid_domain(first):
         return None
     if path and not valid_path(path):
         return None
-    if first == LEGACY_HUB:
-        first = HUB
+    if first == LEGACY_DOMAIN:
+        first = DEFAULT_DOMAIN
     return first + "/" + path if path else first
-
-
-def _registry_like(first: str) -> bool:
-    """The reference grammar's test for "this first component is a registry"."""
-    return "." in first or ":" in first or first == "localhost" or first.lower() != first
 
 
 def _prefix_value_error(value: str) -> str | None:
@@ -272,16 +269,16 @@ def _scheme_hint(text: str) -> str:
 # ---------------------------------------------------------------------------- compiling
 
 
-def compile_layer(files: list[tuple[str, str]]) -> tuple[MapFileLayer | None, CompiledTargets, list[Diagnostic]]:
+def compile_files(files: list[tuple[str, str]]) -> tuple[MapFileLayer | None, CompiledTargets, list[Diagnostic]]:
     """Read ``[(source, text)]`` as one file and build the lookup layer and its targets.
 
     The caller passes the files in (ConfigMap name, key) order, so imageswap's "last
     duplicate key wins" extends across ConfigMaps; line numbers stay per source.
     """
     diags: list[Diagnostic] = []
-    chosen: dict[tuple[str, str], Entry] = {}  # insertion order = first position
+    chosen: dict[tuple[str, str], MapLine] = {}  # insertion order = first position
     for source, text in files:
-        entries, found = parse(text, source)
+        entries, found = parse_lines(text, source)
         diags.extend(found)
         for entry in entries:
             slot = (entry.kind, entry.key)
@@ -299,7 +296,7 @@ def compile_layer(files: list[tuple[str, str]]) -> tuple[MapFileLayer | None, Co
     return layer, _targets(layer), diags
 
 
-def _layer(entries: list[Entry]) -> MapFileLayer:
+def _layer(entries: list[MapLine]) -> MapFileLayer:
     layer: MapFileLayer = {}
     for e in entries:
         if e.kind == DEFAULT:
@@ -315,7 +312,7 @@ def _layer(entries: list[Entry]) -> MapFileLayer:
     return layer
 
 
-def _warn_inactive(layer: MapFileLayer, entries: list[Entry], diags: list[Diagnostic]) -> None:
+def _warn_inactive(layer: MapFileLayer, entries: list[MapLine], diags: list[Diagnostic]) -> None:
     """imageswap ignores registry keys and noswap_wildcards without default; say so."""
     if DEFAULT in layer:
         return
@@ -339,7 +336,7 @@ def _covers(glob: str, pattern: str) -> bool:
     return fnmatchcase(pattern, glob)
 
 
-def _warn_shadowed(entries: list[Entry], diags: list[Diagnostic]) -> None:
+def _warn_shadowed(entries: list[MapLine], diags: list[Diagnostic]) -> None:
     """[REPLACE] globs are tried in file order before registry keys; say which never win."""
     globs = [e for e in entries if e.kind == "replace"]
     if not globs:
@@ -386,7 +383,7 @@ def _value_targets(value: str, key: str | None, out: dict[str, set[str]]) -> Non
             domain, rest = split_domain(value)
             out["strprefix"].add(domain + "/" + rest)
         else:  # value+host is a registry, unless the host makes it a Hub namespace
-            out["strprefix"].update((value, HUB + "/" + value))
+            out["strprefix"].update((value, DEFAULT_DOMAIN + "/" + value))
         return
     prefix = _prefix_of(value)
     out["prefix"].add(prefix)
@@ -402,14 +399,13 @@ def _value_targets(value: str, key: str | None, out: dict[str, set[str]]) -> Non
 
 def _prefix_of(value: str) -> str:
     """Normalized name prefix of everything ``value + "/" + path`` can spell."""
-    domain, rest = split_domain(value + "/x")
-    rest = rest[:-2]
+    domain, rest = split_prefix(value)
     return domain + "/" + rest if rest else domain
 
 
 def _bare_registry(value: str) -> bool:
     """A value that is a registry host alone, so a port may be added to it."""
-    return "/" not in value and ":" not in value and _registry_like(value)
+    return "/" not in value and ":" not in value and is_registry(value)
 
 
 # ---------------------------------------------------------------------------- lookup
@@ -449,7 +445,7 @@ def lookup(layer: MapFileLayer, ref: Reference, raw: str) -> Found:
     if not value:
         return None, rule
     host = split_port(ref.domain)[0]
-    path = _drop_library(ref.domain, ref.path)
+    path = short_path(ref.domain, ref.path)
     if value.endswith("-"):
         return _checked(value + host.lower() + "/" + path + ref.suffix, rule)
     return _checked(value + "/" + path + ref.suffix, rule)
@@ -481,10 +477,10 @@ def _lookup_keys(keys: dict[str, Hit], ref: Reference) -> Found:
     if not value:
         return None, rule
     if value.endswith("-"):
-        path = _drop_library(ref.domain, ref.path)
+        path = short_path(ref.domain, ref.path)
         return _checked(value + host.lower() + "/" + path + ref.suffix, rule)
     if key_path is None:
-        rest = _drop_library(ref.domain, ref.path)
+        rest = short_path(ref.domain, ref.path)
     else:
         rest = ref.path[len(key_path) + 1:]
     if not rest:
@@ -508,13 +504,6 @@ def _longest(keys: dict[str, Hit], domain: str, path: str) -> tuple[str | None, 
     if hit is not None:
         return None, hit
     return None
-
-
-def _drop_library(domain: str, path: str) -> str:
-    """``library/nginx`` on Docker Hub is spelled ``nginx``: map both spellings alike."""
-    if domain == HUB and path.startswith(OFFICIAL) and "/" not in path[len(OFFICIAL):]:
-        return path[len(OFFICIAL):]
-    return path
 
 
 def _checked(new: str, rule: str) -> tuple[str | None, str]:

@@ -107,10 +107,7 @@ class Reference:
         """
         if self.domain != DEFAULT_DOMAIN:
             return str(self)
-        path = self.path
-        if path.startswith(OFFICIAL_PREFIX) and "/" not in path[len(OFFICIAL_PREFIX):]:
-            path = path[len(OFFICIAL_PREFIX):]
-        return path + self.suffix
+        return short_path(self.domain, self.path) + self.suffix
 
     def __str__(self) -> str:
         return self.domain + "/" + self.path + self.suffix
@@ -155,17 +152,38 @@ def _only(s: str, chars: str) -> bool:
 def split_domain(name: str) -> tuple[str, str]:
     """Split off the registry the way docker decides it, without adding ``library/``.
 
-    The first component is a registry only if it has ``.`` or ``:``, is
-    ``localhost`` or has an upper-case letter; anything else lives on Docker Hub.
+    The first component is a registry only if :func:`is_registry` says so; anything
+    else lives on Docker Hub.
     """
     first, slash, rest = name.partition("/")
     if not slash:
         return DEFAULT_DOMAIN, name
     if first == LEGACY_DOMAIN:
         return DEFAULT_DOMAIN, rest
-    if first == "localhost" or "." in first or ":" in first or first.lower() != first:
+    if is_registry(first):
         return first, rest
     return DEFAULT_DOMAIN, name
+
+
+def is_registry(first: str) -> bool:
+    """docker's test for a name's first component: a registry has ``.`` or ``:``, is
+    ``localhost`` or has an upper-case letter (``bitnami`` is a Docker Hub namespace)."""
+    return first == "localhost" or "." in first or ":" in first or first.lower() != first
+
+
+def split_prefix(prefix: str) -> tuple[str, str]:
+    """``registry[/path]`` -> (domain, path), split like a name but with no ``library/``
+    and the path possibly empty: ``quay.io`` -> ("quay.io", ""), ``bitnami`` ->
+    ("docker.io", "bitnami"). Rule prefixes name paths, not images."""
+    domain, rest = split_domain(prefix + "/x")
+    return domain, rest[:-2]
+
+
+def short_path(domain: str, path: str) -> str:
+    """The path as docker spells it: ``library/nginx`` on Docker Hub is ``nginx``."""
+    if domain == DEFAULT_DOMAIN and path.startswith(OFFICIAL_PREFIX) and "/" not in path[len(OFFICIAL_PREFIX):]:
+        return path[len(OFFICIAL_PREFIX):]
+    return path
 
 
 def _valid_host(h: str) -> bool:

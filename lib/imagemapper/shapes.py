@@ -26,7 +26,7 @@ Found = tuple[str | None, str] | None
 
 
 class ImageMapLayer(TypedDict):
-    """Accepted ImageMap entries of one namespace (imagemap.compile_layer)."""
+    """Accepted ImageMap entries of one namespace (imagemap.compile_accepted)."""
 
     exact: dict[str, Hit]   # normalized reference -> [full target, rule]
     repo: dict[str, Hit]    # repository name -> [target repository, rule]
@@ -34,7 +34,7 @@ class ImageMapLayer(TypedDict):
 
 
 class MapFileLayer(TypedDict, total=False):
-    """The accepted lines of map files read as one file (mapfile.compile_layer)."""
+    """The accepted lines of map files read as one file (mapfile.compile_files)."""
 
     default: Hit                  # [value, rule]
     noswap: list[Any]             # [[pattern, ...], rule]
