@@ -82,7 +82,7 @@ def _layer(label: str) -> bytes:
         info = tarfile.TarInfo("bin/busybox")
         info.size, info.mode = len(data), 0o755
         tar.addfile(info, io.BytesIO(data))
-        for link in ("sh", "sleep", "echo"):
+        for link in ("sh", "sleep", "echo", "true"):
             info = tarfile.TarInfo(f"bin/{link}")
             info.type, info.linkname = tarfile.SYMTYPE, "busybox"
             tar.addfile(info)
@@ -93,8 +93,16 @@ def _layer(label: str) -> bytes:
     return gzip.compress(raw.getvalue(), mtime=0)
 
 
-def oci_image(layout: str, tag: str, label: str, platforms: tuple[str, ...] = ("amd64",)) -> str:
-    """Add ``tag`` to an OCI layout; more than one platform makes an index. Returns its digest."""
+SERVE = "echo {label}; trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"  # runs until stopped
+
+
+def oci_image(layout: str, tag: str, label: str, platforms: tuple[str, ...] = ("amd64",),
+              command: str = SERVE) -> str:
+    """Add ``tag`` to an OCI layout; more than one platform makes an index. Returns its digest.
+
+    The image runs ``/bin/sh -c command`` (``{label}`` is replaced): by default it serves
+    until it is stopped; pass e.g. ``"echo done"`` for an init container.
+    """
     os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
     with open(os.path.join(layout, "oci-layout"), "w") as handle:
         json.dump({"imageLayoutVersion": "1.0.0"}, handle)
@@ -105,7 +113,7 @@ def oci_image(layout: str, tag: str, label: str, platforms: tuple[str, ...] = ("
     for arch in platforms:
         config = _blob(layout, json.dumps({
             "architecture": arch, "os": "linux",
-            "config": {"Cmd": ["/bin/sh", "-c", "echo " + label + "; sleep 3600"]},
+            "config": {"Cmd": ["/bin/sh", "-c", command.replace("{label}", label)]},
             "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode())
         manifest = _blob(layout, json.dumps({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
