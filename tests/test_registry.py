@@ -324,6 +324,8 @@ def test_self_signed_registry_needs_the_users_word(world, tmp_path):
         "trusted (self-signed certificate); use --ca-file" in untrusted.stdout
     assert cli(*argv, "--ca-file", reg.cert).stdout == f"present  {reg.host}/app/nginx:1.25\n"
     assert cli(*argv, "--insecure-registry", reg.host).stdout == f"present  {reg.host}/app/nginx:1.25\n"
+    bad = cli(*argv, "--ca-file", str(tmp_path / "nope.pem"))
+    assert bad.returncode == 2 and f"error: --ca-file {tmp_path}/nope.pem: No such file or directory" in bad.stderr
 
 
 def test_invalid_destination_is_reported_by_check(world, tmp_path):

@@ -12,6 +12,7 @@ some could not be checked (unreachable, refused, invalid); 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 
 from imagemapper import plan as planlib
@@ -113,7 +114,12 @@ def _check(plan: planlib.Plan, args: argparse.Namespace) -> int:
     from imagemapper import credentials, registry
 
     store = credentials.CredentialStore(credentials.default_files(authfile=args.authfile))
-    client = registry.Client(store, tuple(args.insecure_registry), args.ca_file, args.timeout)
+    try:
+        client = registry.Client(store, tuple(args.insecure_registry), args.ca_file, args.timeout)
+    except (OSError, ssl.SSLError) as exc:
+        from imagemapper import cli
+
+        raise cli.UsageError(f"--ca-file {args.ca_file}: {getattr(exc, 'strerror', None) or exc}") from None
     pairs = plan.sorted_pairs()
     # what a kubelet will pull: the digest when the Pod has one, else the tag
     results = registry.check_all(client, [str(p.destination) for p in pairs], args.parallel)

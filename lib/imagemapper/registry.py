@@ -77,7 +77,9 @@ class Client:
         self.credentials = credentials or CredentialStore([])
         self.insecure = set(insecure)
         self.timeout = timeout
-        self._verified = ssl.create_default_context(cafile=ca_file)
+        self._verified = ssl.create_default_context()
+        if ca_file:  # in addition to the system's CAs, for registries with a private CA
+            self._verified.load_verify_locations(cafile=ca_file)
         self._unverified = ssl._create_unverified_context()  # only for registries named insecure
 
     def check(self, image: str) -> Result:
