@@ -61,7 +61,24 @@ def test_unchanged_namespaces_are_not_recompiled(tmp_path):
     assert second.recompiled == ["ns2"]
     after = regions(str(tmp_path))
     assert {ns for ns in before if before[ns] != after[ns]} == {"ns2"}  # the rest copied as is
-    assert second.verdicts[("ns0", "m")][0] == "Accepted"  # verdicts of untouched namespaces kept
+    assert second.verdicts[("ns0", "m")]["reason"] == "Accepted"  # verdicts of untouched namespaces kept
+
+
+def test_index_of_another_format_is_rebuilt(tmp_path):
+    """An index written before verdicts were named records (lists) is not reused."""
+    import json
+
+    maps, cms = sample(2)
+    compiler.build(str(tmp_path), maps, cms, OPNS)
+    path = tmp_path / compiler.INDEX
+    index = json.loads(path.read_text())
+    del index["format"]
+    for entry in index["namespaces"].values():
+        entry["verdicts"] = {name: [v["reason"], v["message"], v["rules"]] for name, v in entry["verdicts"].items()}
+    path.write_text(json.dumps(index))
+    again = compiler.build(str(tmp_path), maps, cms, OPNS)
+    assert sorted(again.recompiled) == ["ns0", "ns1"]
+    assert again.verdicts[("ns1", "m")] == {"reason": "Accepted", "message": "1 rule active", "rules": 1}
 
 
 def test_deleted_rules_remove_the_namespace(tmp_path):

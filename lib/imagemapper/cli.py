@@ -138,8 +138,8 @@ class Rules:
             maps, files = self.groups.get(namespace, ([], []))
             doc, verdicts, diags, _ = compiler.compile_namespace(namespace, maps, files)
             self._docs[namespace] = doc
-            self.problems += [f'ImageMap "{namespace}/{name}" rejected ({v[0]}): {v[1]}'
-                              for name, v in sorted(verdicts.items()) if v[0] != "Accepted"]
+            self.problems += [f'ImageMap "{namespace}/{name}" rejected ({v["reason"]}): {v["message"]}'
+                              for name, v in sorted(verdicts.items()) if v["reason"] != "Accepted"]
             self.problems += [f"{d['severity']}: {d['text']}" for ds in diags.values() for d in ds]
         return self._docs[namespace]
 

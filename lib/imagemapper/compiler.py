@@ -21,11 +21,19 @@ if TYPE_CHECKING:
     from typing import Any
 
     from imagemapper.mapfile import Diagnostic
-    from imagemapper.shapes import ClusterDoc, DiagnosticRecord, ImageMapLayer, MapFileLayer, NamespaceDoc
+    from imagemapper.shapes import (
+        ClusterDoc,
+        DiagnosticRecord,
+        ImageMapLayer,
+        MapFileLayer,
+        NamespaceDoc,
+        VerdictRecord,
+    )
 
     Diagnostics = dict[tuple[str, str], list[DiagnosticRecord]]  # (namespace, ConfigMap) -> records
 
 INDEX = "index.json"
+INDEX_FORMAT = 2  # 2: verdicts are {reason, message, rules} records; another format is rebuilt
 
 
 class MapFileInput:
@@ -57,7 +65,7 @@ class Result:
     """What one build decided, for status, Events, metrics and logs."""
 
     def __init__(self) -> None:
-        self.verdicts: dict[tuple[str, str], list] = {}      # (ns, name) -> [reason, message, rules]
+        self.verdicts: dict[tuple[str, str], VerdictRecord] = {}  # (ns, name) -> Ready condition
         self.diagnostics: dict[tuple[str, str], list[dict]] = {}  # (ns, configmap) -> diags
         self.rules = {"namespace": 0, "cluster": 0}
         self.recompiled: list[str] = []                      # namespaces compiled this time
@@ -101,7 +109,7 @@ def _split_diagnostics(diags: list[Diagnostic], configmaps: list[MapFileInput]) 
 
 
 def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[MapFileInput],
-                      ) -> tuple[NamespaceDoc | None, dict[str, list[Any]], Diagnostics, int]:
+                      ) -> tuple[NamespaceDoc | None, dict[str, VerdictRecord], Diagnostics, int]:
     """Compile one namespace: (doc or None, verdicts, diagnostics per ConfigMap, rule count)."""
     verdicts = imagemap.resolve_namespace(maps)
     im_layer, im_targets = imagemap.compile_accepted(verdicts)
@@ -113,7 +121,8 @@ def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[Map
         # "accepted" is for the validating hook: the builder moves it to a file of its own.
         doc = {"imagemaps": im_layer, "mapfiles": mf_layer,
                "targets": merge_targets(im_targets, mf_targets), "accepted": accepted}
-    flat = {name: [v.reason, v.message, v.rules] for name, v in verdicts.items()}
+    flat: dict[str, VerdictRecord] = {name: {"reason": v.reason, "message": v.message, "rules": v.rules}
+                                      for name, v in verdicts.items()}
     return doc, flat, _split_diagnostics(diags, configmaps), layer_size(im_layer) + layer_size(mf_layer)
 
 
@@ -128,11 +137,12 @@ def _load_index(state_dir: str) -> dict:
     try:
         with open(os.path.join(state_dir, INDEX), encoding="utf-8") as handle:
             index = json.load(handle)
-        if isinstance(index, dict) and index.get("v") == snapshot.VERSION:
+        if isinstance(index, dict) and index.get("v") == snapshot.VERSION \
+                and index.get("format") == INDEX_FORMAT:
             return index
     except (OSError, ValueError):
         pass
-    return {"v": snapshot.VERSION, "namespaces": {}, "cluster": {}}
+    return {"v": snapshot.VERSION, "format": INDEX_FORMAT, "namespaces": {}, "cluster": {}}
 
 
 def _previous(state_dir: str, index: dict[str, Any]) -> snapshot.Snapshot | None:
@@ -199,7 +209,7 @@ def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
             snapshot.remove(snapshot.accepted_path(state_dir, gone))
     result.namespaces = sum(1 for entry in new_ns.values() if entry["rules"])
     snapshot.write_atomic(os.path.join(state_dir, INDEX), json.dumps(
-        {"v": snapshot.VERSION, "namespaces": new_ns, "cluster": cluster_entry,
+        {"v": snapshot.VERSION, "format": INDEX_FORMAT, "namespaces": new_ns, "cluster": cluster_entry,
          "stamp": _file_stamp(os.path.join(state_dir, snapshot.FILE))}))
     snapshot.mark_ready(state_dir)
     return result

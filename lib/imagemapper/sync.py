@@ -29,6 +29,10 @@ from imagemapper.hookconfig import MUTATE_WEBHOOK
 from imagemapper.imagemap import MapInput
 from imagemapper.settings import Settings
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from imagemapper.shapes import VerdictRecord
+
 API_VERSION = "imagemapper.io/v1alpha1"
 SYNC_METRICS_GROUP = "image_mapper_sync"
 REASONS = ("Accepted", "Invalid", "Conflict")
@@ -124,9 +128,9 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
 
 # ----------------------------------------------------------------------------- status
 
-def desired_status(imap: MapInput, verdict: list, current: dict, now: str) -> dict:
+def desired_status(imap: MapInput, verdict: VerdictRecord, current: dict, now: str) -> dict:
     """The status the ImageMap should have; lastTransitionTime kept while unchanged."""
-    reason, message, rules = verdict
+    reason, message, rules = verdict["reason"], verdict["message"], verdict["rules"]
     state = "True" if reason == "Accepted" else "False"
     old = _ready(current)
     since = old.get("lastTransitionTime") if old.get("status") == state else None
@@ -136,7 +140,7 @@ def desired_status(imap: MapInput, verdict: list, current: dict, now: str) -> di
 
 
 def _status_and_event(out: Output, imap: MapInput, current: dict, uid: str,
-                      verdict: list, now: str) -> None:
+                      verdict: VerdictRecord, now: str) -> None:
     want = desired_status(imap, verdict, current, now)
     if _same_status(current, want):
         return
@@ -267,7 +271,7 @@ def _metrics(result: compiler.Result, maps: list) -> list[dict]:
     for imap, *_ in maps:
         verdict = result.verdicts.get((imap.namespace, imap.name))
         if verdict:
-            counts[verdict[0]] = counts.get(verdict[0], 0) + 1
+            counts[verdict["reason"]] = counts.get(verdict["reason"], 0) + 1
     ops += [protocol.gauge("image_mapper_imagemaps", n, {"reason": r}, group)
             for r, n in counts.items()]
     for (namespace, name), diags in sorted(result.diagnostics.items()):
