@@ -26,7 +26,6 @@ EXIT_MISSING, EXIT_UNCHECKED = 1, 3
 POD_KINDS = ("pods", "podtemplates", "replicationcontrollers", "deployments.apps", "replicasets.apps",
              "statefulsets.apps", "daemonsets.apps", "jobs.batch", "cronjobs.batch")
 KUBECTL_TIMEOUT = 120.0  # one List of a whole cluster can take a while
-_RULE_OPTIONS_SKIPPED = {"help", "filename", "explain", "images"}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -58,10 +57,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                     help="--check: images checked at once (default 8)")
     pl.add_argument("images", nargs="*", metavar="IMAGE",
                     help="image references to plan, as a Pod in namespace NS would use them")
-    for action in rewrite._actions:  # the same rule options, so the two commands never drift apart
-        taken = any(o in pl._option_string_actions for o in action.option_strings)
-        if action.dest not in _RULE_OPTIONS_SKIPPED and action.option_strings and not taken:
-            pl._add_action(action)
+    from imagemapper import cli
+
+    cli.add_rule_options(pl)  # the same rules and settings as rewrite
     return pl
 
 
