@@ -41,3 +41,10 @@ def test_unknown_fields_name_the_path_and_the_likely_field():
 def test_fit_warnings_keeps_short_lists_whole():
     assert lint.fit_warnings(["a", "b\tc", "a"]) == ["a", "b c"]
     assert lint.fit_warnings([]) == []
+
+
+def test_first_of_counts_what_it_leaves_out():
+    assert lint.first_of([]) == ""
+    assert lint.first_of(["a", "b"]) == "a; b"
+    assert lint.first_of([str(i) for i in range(7)]) == "0; 1; 2; 3; 4; and 2 more"
+    assert lint.first_of(["a", "b", "c"], shown=1) == "a; and 2 more"

@@ -186,12 +186,11 @@ def _validate_mapfile(request: Payload, obj: Payload) -> AdmissionResponse:
             else:
                 warnings.append(str(diag))
     warnings += _compile_warnings(cm)
-    from imagemapper.lint import fit_warnings
+    from imagemapper.lint import first_of, fit_warnings
 
     if errors:
-        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
         return protocol.deny(f"map file has {len(errors)} invalid line"
-                             f"{'s' if len(errors) != 1 else ''}: {shown}", fit_warnings(warnings))
+                             f"{'s' if len(errors) != 1 else ''}: {first_of(errors)}", fit_warnings(warnings))
     return protocol.allow(fit_warnings(warnings))
 
 

@@ -106,6 +106,13 @@ def has_map_file_label(obj: dict) -> bool:
     return isinstance(labels, dict) and labels.get(MAP_FILE_LABEL) == "true"
 
 
+def first_of(problems: list[str], shown: int = 5) -> str:
+    """The first ``shown`` problems joined with "; ", and how many more there are: one
+    line for a denial or an Event, which must stay short."""
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
+
+
 def fit_warnings(warnings: list[str]) -> list[str]:
     """Warnings the API server passes on whole: no control characters, no repeats, at most
     256 characters each and 4096 in all; a last line counts what had to be left out."""

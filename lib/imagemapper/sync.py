@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 
-from imagemapper import compiler, kube, protocol, snapshot
+from imagemapper import compiler, kube, lint, protocol, snapshot
 from imagemapper.hookconfig import MUTATE_WEBHOOK
 from imagemapper.imagemap import MapInput
 from imagemapper.settings import Settings
@@ -225,8 +225,7 @@ def _mapfile_events(out: Output, cm: compiler.MapFileInput, diags: list[dict], n
     involved = {"apiVersion": "v1", "kind": "ConfigMap", "name": cm.name,
                 "namespace": cm.namespace, "uid": cm.uid}
     for reason, group in _by_reason(diags).items():  # one Event per cause, named for it
-        text = "; ".join(d["text"] for d in group[:5]) + (
-            f"; and {len(group) - 5} more" if len(group) > 5 else "")
+        text = lint.first_of([d["text"] for d in group])
         out.operations.append(_event(cm.namespace, involved, reason, text,
                                      "Warning", now, [cm.uid, cm.data, reason]))
 
