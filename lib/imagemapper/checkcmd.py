@@ -27,7 +27,7 @@ KINDS = ("ImageMap", "ConfigMap")
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="lint map files, ImageMaps and map-file ConfigMaps",
-                        description=__doc__.split("\n\n")[1].replace("``", ""))
+                        description=" ".join(__doc__.split("\n\n")[:2]).replace("``", ""))
     ck.add_argument("files", nargs="+", metavar="FILE",
                     help="a raw map file, or YAML with ImageMaps and map-file ConfigMaps "
                          "(several documents, Lists, `kubectl get -o yaml` output); '-' for stdin")

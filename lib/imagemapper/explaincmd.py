@@ -5,7 +5,7 @@ ImageMaps and map-file ConfigMaps of the namespace, the cluster-wide map files, 
 namespace's labels, and the selectors of the registered mutating webhook. It then
 applies the hooks' own logic, and for each image prints what it becomes and why:
 the rule that decided, "no rule matches", or the scope rule that keeps the webhook away.
-As a kubectl plugin: ``kubectl image-mapper explain ...``.
+As a kubectl plugin: ``kubectl image-mapper explain``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
 
     ex = sub.add_parser("explain", help="explain against the live cluster (through kubectl) why "
                         "images are or are not rewritten",
-                        description=__doc__.split("\n\n")[1].replace("``", ""))
+                        description=" ".join(__doc__.split("\n\n")[:2]).replace("``", ""))
     ex.add_argument("-n", "--namespace",
                     help="the namespace to explain for (default: the kube context's namespace)")
     ex.add_argument("--context", help="the kube context to use (default: the current one)")
@@ -61,7 +61,9 @@ class Live:
         """The settings of the running Deployment (its env), else the defaults."""
         from imagemapper import settings as settings_mod
 
-        env = {"SHELL_OPERATOR_NAMESPACE": operator_namespace}
+        # The bundle's configuration name, unless the Deployment says otherwise.
+        env = {"SHELL_OPERATOR_NAMESPACE": operator_namespace,
+               "VALIDATING_WEBHOOK_CONFIGURATION_NAME": "image-mapper"}
         try:
             deployments = self.kc.list("deployments.apps", operator_namespace, DEPLOYMENT_SELECTOR)
         except kubeclient.KubectlError as exc:
@@ -78,7 +80,7 @@ class Live:
             return settings_mod.from_env(env)
         except SettingsError as exc:
             self.notes.append(f"the Deployment has a bad setting ({exc}); assuming the defaults")
-            return Settings(operator_namespace=operator_namespace)
+            return Settings(operator_namespace=operator_namespace, configuration_name="image-mapper")
 
     def _scope(self) -> Scope:
         """The selectors of the webhook as registered (the truth), else as generated."""
