@@ -336,3 +336,13 @@ class Registry:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.log.close()
+
+
+def head_digest(host: str, repository: str, reference: str) -> str:
+    """The digest a plain-HTTP registry serves for a tag or digest (any manifest type)."""
+    accept = ("application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
+              "application/vnd.docker.distribution.manifest.list.v2+json, "
+              "application/vnd.docker.distribution.manifest.v2+json")
+    request = urllib.request.Request(f"http://{host}/v2/{repository}/manifests/{reference}", method="HEAD",
+                                     headers={"Accept": accept})
+    return urllib.request.urlopen(request, timeout=10).headers["Docker-Content-Digest"]

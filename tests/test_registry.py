@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 import registries
@@ -32,12 +31,6 @@ def cli(*argv, env: dict | None = None, cwd: str = ROOT, timeout: float = 120):
     base.update({"PYTHONPATH": os.path.join(ROOT, "lib"), "HOME": "/nonexistent", **(env or {})})
     return subprocess.run([sys.executable, "-m", "imagemapper", *argv], cwd=cwd, env=base,
                           capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def head_digest(host: str, repository: str, reference: str) -> str:
-    request = urllib.request.Request(f"http://{host}/v2/{repository}/manifests/{reference}", method="HEAD",
-                                     headers={"Accept": registry.MANIFEST_TYPES})
-    return urllib.request.urlopen(request, timeout=10).headers["Docker-Content-Digest"]
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -171,8 +164,8 @@ def test_copy_with_the_plan_then_check_then_delete_one(world):
     assert "4 destination(s): 4 present, 0 missing, 0 not checked" in checked.stderr
 
     # multi-architecture indexes arrive whole, so their digests are the source's
-    assert head_digest(private, "mirror/library/busybox", "1.36") == world["digests"]["busybox"]
-    assert head_digest(private, "mirror/acme/tool", "2") == world["digests"]["tool"]
+    assert registries.head_digest(private, "mirror/library/busybox", "1.36") == world["digests"]["busybox"]
+    assert registries.head_digest(private, "mirror/acme/tool", "2") == world["digests"]["tool"]
 
     world["private"].delete("shop/nginx", "1.25")
     checked = cli("plan", *rules(world), "--check", "--insecure-registry", private)
