@@ -25,7 +25,7 @@ values = st.recursive(
 @settings(max_examples=300, deadline=None)
 def test_dumps_writes_what_json_writes_and_loads_reads_it_back(value):
     text = fastjson.dumps(value)
-    assert text == json.dumps(value, separators=(",", ":"), allow_nan=False)
+    assert text == json.dumps(value, separators=(",", ":"), allow_nan=False) == fastjson._py_dumps(value)
     assert fastjson.loads(text) == json.loads(text)
 
 
@@ -66,16 +66,19 @@ def test_dumps_refuses_what_is_not_json(value):
     with pytest.raises(ValueError):
         fastjson.dumps(value)
     with pytest.raises(ValueError):
+        fastjson._py_dumps(value)
+    with pytest.raises(ValueError):
         json.dumps(value, allow_nan=False)
 
 
 def test_dict_keys_are_written_like_json():
     value = {1: "a", 2.5: "b", None: "c", False: "d", "s": "e"}
-    assert fastjson.dumps(value) == json.dumps(value, separators=(",", ":"))
-    with pytest.raises(TypeError):
-        fastjson.dumps({(1,): 1})
-    with pytest.raises(TypeError):
-        fastjson.dumps({1, 2})
+    assert fastjson.dumps(value) == json.dumps(value, separators=(",", ":")) == fastjson._py_dumps(value)
+    for dumps in (fastjson.dumps, fastjson._py_dumps):
+        with pytest.raises(TypeError):
+            dumps({(1,): 1})
+        with pytest.raises(TypeError):
+            dumps({1, 2})
 
 
 def test_the_lent_decoder_module_never_stays_behind():

@@ -13,7 +13,8 @@ so this module drives the C accelerator ``_json`` directly, and must fail exactl
 * deep nesting raises ``RecursionError`` in ``_json`` and in :mod:`json` alike. A value
   nested that deep is not a document anyone wrote, so it is a ValueError here;
 * :func:`dumps` refuses NaN and infinities (``json`` writes ``NaN``, which no JSON
-  parser in Kubernetes accepts).
+  parser in Kubernetes accepts). It runs ``_json``'s C encoder, set up as ``json.dumps``
+  does, with a pure-Python twin for interpreters whose ``_json`` differs.
 
 ``tests/test_fastjson.py`` checks all of this against :mod:`json` as a property test.
 """
@@ -24,7 +25,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
 try:
     import _json
@@ -142,8 +143,30 @@ def _key(key: object) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
+def _c_encoder():
+    """``_json``'s C encoder as ``json.dumps`` sets it up, or None (then :func:`_py_dumps`)."""
+    try:
+        return _json.make_encoder(None, _unserializable, _json.encode_basestring_ascii, None,
+                                  ":", ",", False, False, False)
+    except (AttributeError, TypeError):  # pragma: no cover - another _json signature
+        return None
+
+
+def _unserializable(value: object) -> NoReturn:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_encode = _c_encoder() if _json else None
+
+
 def dumps(value: object) -> str:
     """Serialize like ``json.dumps(v, separators=(",", ":"), allow_nan=False)``."""
+    if _encode is not None:
+        return "".join(_encode(value, 0))
+    return _py_dumps(value)
+
+
+def _py_dumps(value: object) -> str:
     if isinstance(value, str):
         return _encode_str(value)
     if value is None:
@@ -157,8 +180,8 @@ def dumps(value: object) -> str:
     if isinstance(value, float):
         return _float(value)
     if isinstance(value, dict):
-        items = (f"{_key(k)}:{dumps(v)}" for k, v in value.items())
+        items = (f"{_key(k)}:{_py_dumps(v)}" for k, v in value.items())
         return "{" + ",".join(items) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(dumps(v) for v in value) + "]"
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        return "[" + ",".join(_py_dumps(v) for v in value) + "]"
+    _unserializable(value)
