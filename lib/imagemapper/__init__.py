@@ -48,7 +48,7 @@ def use_bundle() -> bool:
         module.__package__ = __name__
         sys.modules[full] = module
         try:
-            exec(code, module.__dict__)  # noqa: S102 - our own compiled modules
+            exec(code, module.__dict__)
         except BaseException:
             del sys.modules[full]
             raise

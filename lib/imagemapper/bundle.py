@@ -11,13 +11,14 @@ committed (``.gitignore``): a stale one can only cost speed, never change behavi
 """
 
 from __future__ import annotations
-
 import __future__
+
 import ast
 import importlib.util
 import marshal
 import os
 import sys
+from types import CodeType
 
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # What the mutate hook runs, and what those modules import lazily on the way.
@@ -34,7 +35,7 @@ def _top_level_imports(name: str) -> list[str]:
         if isinstance(node, ast.ImportFrom) and node.module == "imagemapper":
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("imagemapper."):
-            found.append(node.module.split(".")[1])
+            found.append((node.module or "").split(".")[1])
         elif isinstance(node, ast.Import):
             found += [a.name.split(".")[1] for a in node.names if a.name.startswith("imagemapper.")]
     return [m for m in found if os.path.exists(os.path.join(PACKAGE, m + ".py"))]
@@ -48,7 +49,7 @@ def modules() -> list[str]:
         if name in order or name in path:
             return
         for dep in _top_level_imports(name):
-            visit(dep, path + (name,))
+            visit(dep, (*path, name))
         order.append(name)
 
     for root in ROOTS:
@@ -56,7 +57,7 @@ def modules() -> list[str]:
     return order
 
 
-def _compile(name: str):
+def _compile(name: str) -> tuple[str, int, int, CodeType]:
     path = os.path.join(PACKAGE, name + ".py")
     with open(path, encoding="utf-8") as handle:
         source = handle.read()

@@ -143,7 +143,7 @@ def _key(key: object) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
-def _c_encoder():
+def _c_encoder() -> Any:
     """``_json``'s C encoder as ``json.dumps`` sets it up, or None (then :func:`_py_dumps`)."""
     try:
         return _json.make_encoder(None, _unserializable, _json.encode_basestring_ascii, None,

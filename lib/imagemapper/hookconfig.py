@@ -17,7 +17,8 @@ SYNC_GROUP = "sync"
 
 IMAGEMAP_FILTER = ("{name: .metadata.name, namespace: .metadata.namespace, uid: .metadata.uid,"
                    " generation: .metadata.generation, created: .metadata.creationTimestamp,"
-                   " spec: .spec, deleting: (.metadata.deletionTimestamp != null)}")
+                   " spec: .spec, deleting: (.metadata.deletionTimestamp != null),"
+                   " status: (.status // {} | {observedGeneration, rules, conditions})}")
 MAPFILE_FILTER = ("{name: .metadata.name, namespace: .metadata.namespace, uid: .metadata.uid,"
                   " data: .data, deleting: (.metadata.deletionTimestamp != null)}")
 WEBHOOK_FILTER = "[.webhooks[]? | {name: .name, reinvocationPolicy: .reinvocationPolicy}]"
@@ -96,7 +97,15 @@ def validate_config(settings: Settings) -> dict:
 
 
 def sync_config(settings: Settings) -> dict:
-    """One group, so every event ends in one compile of the whole current state.
+    """What shell-operator hands the sync hook, kept as small as the work it causes.
+
+    ImageMaps come one event at a time (no group, no full objects in memory): a run after
+    one change reads that one ImageMap, not all of them, and the hook keeps its own copy
+    of the rest (imagemapper.syncstate). The status the hook compares against travels in
+    the jqFilter result. Map files and the webhook configuration share a group, so each
+    such run sees all of them (there are few). The ``resync`` schedule hands over the
+    full snapshots every 30 minutes, so a run that failed cannot leave the copy wrong
+    for longer.
 
     ``allowFailure``: the snapshot is written before the hook exits, so a status or
     Event write the API server refuses must not fail the run and block the queue with
@@ -104,7 +113,7 @@ def sync_config(settings: Settings) -> dict:
     """
     bindings: list[dict[str, object]] = [
             {"name": "imagemaps", "apiVersion": "imagemapper.io/v1alpha1", "kind": "ImageMap",
-             "group": SYNC_GROUP, "jqFilter": IMAGEMAP_FILTER},
+             "keepFullObjectsInMemory": False, "jqFilter": IMAGEMAP_FILTER},
             {"name": "mapfiles", "apiVersion": "v1", "kind": "ConfigMap",
              "labelSelector": {"matchLabels": {MAP_FILE_LABEL: "true"}},
              "keepFullObjectsInMemory": False, "group": SYNC_GROUP, "jqFilter": MAPFILE_FILTER},
@@ -118,4 +127,6 @@ def sync_config(settings: Settings) -> dict:
             # The admission counters' one writer, in its own queue so that it never waits
             # for a sync (see imagemapper.counters).
             "schedule": [{"name": counters.BINDING, "crontab": counters.EXPORT_EVERY,
-                          "queue": "counters"}]}
+                          "queue": "counters"},
+                         {"name": "resync", "crontab": "*/30 * * * *", "allowFailure": True,
+                          "includeSnapshotsFrom": ["imagemaps", "mapfiles", "webhook"]}]}

@@ -4,8 +4,9 @@ Layout under the state directory (format version ``VERSION``)::
 
     rules.snap             every rule of the cluster in one file (below); its presence
                            means "a snapshot exists"
-    accepted/<ns>.snap     the accepted ImageMaps of one namespace, for the validating
-                           hook only (the mutate hook never reads them)
+    accepted.snap          the accepted ImageMaps per namespace, for the validating hook
+                           only (the mutate hook never reads them); same format
+    inputs.snap            the sync hook's copy of the ImageMaps per namespace; same format
     index.json             the sync hook's bookkeeping (content hash per namespace)
     ready                  written once the first full snapshot is complete
 
@@ -54,8 +55,8 @@ if TYPE_CHECKING:
 
 VERSION = 2
 FILE = "rules.snap"
-ACCEPTED = "accepted"
-SUFFIX = ".snap"
+ACCEPTED = "accepted.snap"
+INPUTS = "inputs.snap"
 READY = "ready"
 MAGIC = b"IMSNAP\x00\x02"
 PREAMBLE = len(MAGIC) + 24
@@ -145,8 +146,8 @@ _MISSING = object()
 class Snapshot:
     """One open generation of ``rules.snap``; every read comes from this one file."""
 
-    def __init__(self, state_dir: str):
-        path = f"{state_dir}/{FILE}"
+    def __init__(self, state_dir: str, name: str = FILE):
+        path = f"{state_dir}/{name}"
         try:
             self._fd, self.size = rawio.open_regular(path)
         except OSError as exc:
@@ -159,7 +160,7 @@ class Snapshot:
             if pre[:len(MAGIC)] != MAGIC:
                 raise SnapshotError(f"snapshot file {path} is not format version {VERSION}")
             self.head = self.region([_u64(pre, 8), _u64(pre, 16), _u64(pre, 24)])
-            if self.head.get("v") != VERSION or not isinstance(self.head.get("cluster"), list):
+            if self.head.get("v") != VERSION or not isinstance(self.head.get("namespaces"), (dict, Table)):
                 raise SnapshotError(f"snapshot file {path} has format version "
                                     f"{self.head.get('v')!r}, expected {VERSION}")
         except BaseException:
@@ -228,9 +229,9 @@ class Snapshot:
         self.close()
 
 
-def open_snapshot(state_dir: str) -> Snapshot:
+def open_snapshot(state_dir: str, name: str = FILE) -> Snapshot:
     """The current generation; raises SnapshotError when there is no snapshot yet."""
-    return Snapshot(state_dir)
+    return Snapshot(state_dir, name)
 
 
 def _guarded(call: Callable[[], T]) -> T:
@@ -261,38 +262,29 @@ def load_namespace(state_dir: str, namespace: str) -> dict | None:
     return _guarded(lambda: snap.namespace(namespace))
 
 
-def accepted_path(state_dir: str, namespace: str) -> str:
-    if not valid_namespace(namespace):
-        raise SnapshotError(f"invalid namespace name {namespace!r}")
-    return f"{state_dir}/{ACCEPTED}/{namespace}{SUFFIX}"
-
-
 def load_accepted(state_dir: str, namespace: str) -> dict:
     """The accepted ImageMaps of one namespace: {name: {"created", "items"}} (validating hook)."""
-    path = accepted_path(state_dir, namespace)
-    try:
-        data = rawio.read_bytes(path, MAX_FILE)
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise SnapshotError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        doc = marshal.loads(data)
-    except (ValueError, EOFError, TypeError) as exc:
-        raise SnapshotError(f"corrupt snapshot file {path}: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("v") != VERSION or not isinstance(doc.get("maps"), dict):
-        raise SnapshotError(f"snapshot file {path} is not format version {VERSION}")
-    return doc["maps"]
+    if not valid_namespace(namespace):
+        raise SnapshotError(f"invalid namespace name {namespace!r}")
+    snap = open_snapshot(state_dir, ACCEPTED)
+    doc = _guarded(lambda: snap.namespace(namespace)) or {}
+    maps = doc.get("maps", {})
+    if not isinstance(maps, dict):
+        raise SnapshotError(f"corrupt snapshot file {snap.path}: accepted maps are not a dict")
+    return maps
 
 
-def materialize(value: object) -> Any:
-    """A copy with every :class:`Table` read into a dict (for JSON output and tests)."""
+def materialize(value: Any) -> Any:
+    """``value`` with every :class:`Table` read into a dict (for JSON output and the sync hook).
+
+    Tables only ever stand for dict values, so lists are not searched, and a dict
+    without tables below it is returned as it is.
+    """
     if isinstance(value, Table):
         value = value.to_dict()
     if isinstance(value, dict):
-        return {k: materialize(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [materialize(v) for v in value]
+        done = {k: materialize(v) for k, v in value.items() if isinstance(v, (dict, Table))}
+        return {**value, **done} if any(done[k] is not value[k] for k in done) else value
     return value
 
 
@@ -350,32 +342,67 @@ def encode_region(doc: dict) -> tuple[bytes, int]:
 
 
 class Writer:
-    """Assemble one generation of ``rules.snap`` region by region, then commit it."""
+    """Assemble one generation of a snapshot file region by region, then commit it."""
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, name: str = FILE):
         self.state_dir = state_dir
-        self.path = f"{state_dir}/{FILE}"
+        self.path = f"{state_dir}/{name}"
         self.tmp = f"{self.path}.tmp.{posix.getpid()}"
         _makedirs(state_dir)
         self._fd = posix.open(self.tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_CLOEXEC, 0o644)
         self._at = PREAMBLE
         _write_all(self._fd, b"\x00" * PREAMBLE)
         self.namespaces: dict[str, list] = {}
+        self._pending: list = []  # [old snapshot, start, end]: regions copied in one go
 
-    def add(self, region: bytes, doc_offset: int) -> list:
-        _write_all(self._fd, region)
-        ref = [self._at, len(region), doc_offset]
-        self._at += len(region)
+    def add(self, region: bytes | _Copy, doc_offset: int) -> list[int]:
+        """Append a region: bytes, or a :class:`_Copy` of an older generation's region."""
+        if isinstance(region, _Copy):
+            start, length = region.ref[0], region.ref[1]
+            pending = self._pending
+            if not (pending and pending[0] is region.snap and pending[2] == start):
+                self._flush()
+                self._pending = pending = [region.snap, start, start]
+            pending[2] = start + length
+        else:
+            self._flush()
+            _write_all(self._fd, region)
+            length = len(region)
+        ref = [self._at, length, doc_offset]
+        self._at += length
         return ref
 
-    def add_namespace(self, namespace: str, region: bytes, doc_offset: int) -> None:
+    def _flush(self) -> None:
+        """Copy the pending run of unchanged regions, in the kernel where it can."""
+        if not self._pending:
+            return
+        snap, start, end = self._pending
+        self._pending = []
+        snap.read(start, 0)  # bounds check of the start; the end is checked below
+        if end > snap.size:
+            raise SnapshotError(f"corrupt snapshot file {snap.path}: read past the end")
+        import os
+
+        while start < end:
+            try:
+                done = os.copy_file_range(snap._fd, self._fd, end - start, start)
+            except OSError:
+                done = 0
+            if done <= 0:  # not supported here: through user space
+                chunk = snap.read(start, min(end - start, 8 << 20))
+                _write_all(self._fd, chunk)
+                done = len(chunk)
+            start += done
+
+    def add_namespace(self, namespace: str, region: bytes | _Copy, doc_offset: int) -> None:
         self.namespaces[namespace] = self.add(region, doc_offset)
 
-    def commit(self, cluster: tuple[bytes, int], generation: str) -> None:
-        cluster_ref = self.add(*cluster)
-        head = self.add(*encode_region({"v": VERSION, "generation": generation,
-                                        "cluster": cluster_ref, "namespaces": self.namespaces}))
+    def commit(self, cluster: tuple[bytes | _Copy, int] | None, generation: str) -> None:
+        extra = {"cluster": self.add(*cluster)} if cluster is not None else {}
+        head = self.add(*encode_region({"v": VERSION, "generation": generation, **extra,
+                                        "namespaces": self.namespaces}))
         preamble = MAGIC + b"".join(x.to_bytes(8, "little") for x in head)
+        self._flush()
         posix.pwrite(self._fd, preamble, 0)
         posix.close(self._fd)
         self._fd = -1
@@ -388,9 +415,20 @@ class Writer:
         remove(self.tmp)
 
 
-def copy_region(snap: Snapshot, ref: list) -> tuple[bytes, int]:
-    """The bytes of a region of an older generation, to carry it over unchanged."""
-    return snap.read(ref[0], ref[1]), ref[2]
+class _Copy:
+    """A region of an older generation, copied into the new file without being read."""
+
+    __slots__ = ("ref", "snap")
+
+    def __init__(self, snap: Snapshot, ref: list):
+        if not (isinstance(ref, list) and len(ref) == 3 and all(isinstance(x, int) and x >= 0 for x in ref)):
+            raise SnapshotError(f"corrupt snapshot file {snap.path}: bad region reference")
+        self.snap, self.ref = snap, ref
+
+
+def copy_region(snap: Snapshot, ref: list[int]) -> tuple[_Copy, int]:
+    """A region of an older generation, to carry it over unchanged: (region, doc offset)."""
+    return _Copy(snap, ref), ref[2]
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -421,15 +459,6 @@ def write_atomic(path: str, text: str | bytes) -> None:
     except BaseException:
         remove(tmp)
         raise
-
-
-def write_accepted(state_dir: str, namespace: str, maps: dict) -> None:
-    """The accepted ImageMaps of one namespace, or no file when there are none."""
-    path = accepted_path(state_dir, namespace)
-    if maps:
-        write_atomic(path, marshal.dumps({"v": VERSION, "maps": maps}))
-    else:
-        remove(path)
 
 
 def remove(path: str) -> None:

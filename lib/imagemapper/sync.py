@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 
-from imagemapper import compiler, kube, lint, protocol, snapshot
+from imagemapper import compiler, kube, lint, protocol, snapshot, syncstate
 from imagemapper.hookconfig import MUTATE_WEBHOOK
 from imagemapper.imagemap import MapInput
 from imagemapper.settings import Settings
@@ -75,7 +75,14 @@ def _imagemap_of(item: dict) -> tuple[MapInput, dict, str, bool] | None:
                  "deleting": bool(meta.get("deletionTimestamp"))}
     imap = MapInput(kube.text(found, "namespace"), kube.text(found, "name"), kube.text(found, "created"),
                     kube.whole(found, "generation"), kube.items(found, "spec", "map"))
-    return imap, kube.mapping(obj, "status"), kube.text(found, "uid"), found.get("deleting") is True
+    status = kube.mapping(obj, "status") or kube.mapping(found, "status")  # the jqFilter carries it
+    return imap, status, kube.text(found, "uid"), found.get("deleting") is True
+
+
+def _imagemaps(state: syncstate.State, namespaces: list[str]) -> list:
+    """The ImageMaps of these namespaces after this run's events, as ``_imagemap_of`` gives them."""
+    return [m for ns in namespaces for found in state.namespace_items(ns).values()
+            if (m := _imagemap_of({"filterResult": found}))]
 
 
 def _mapfile_of(item: dict) -> compiler.MapFileInput | None:
@@ -100,11 +107,21 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
     """One sync run. ``now`` is an RFC 3339 timestamp (injected by tests)."""
     now = now or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = Output()
-    maps = [m for m in (_imagemap_of(i) for i in _items(contexts, "imagemaps")) if m]
-    cm_items = [(m, _deleting(i)) for i in _items(contexts, "mapfiles") if (m := _mapfile_of(i))]
+    state = syncstate.State(settings.state_dir)
+    state.apply(contexts)
+    _reinvocation(out, _items(contexts, "webhook"), settings.webhook_configuration)
+    if not state.ready():  # the other kind's Synchronization comes next: compile then
+        state.save()
+        out.logs.append({"msg": "waiting for the first synchronization of ImageMaps and map files"})
+        return out
+    changed = state.changed()
+    maps = _imagemaps(state, state.all_namespaces() if changed is None else sorted(changed))
+    cm_items = [(m, _deleting(i)) for i in state.mapfiles if (m := _mapfile_of(i))]
     mapfiles = [m for m, _ in cm_items]
     result = compiler.build(settings.state_dir, [m[0] for m in maps], mapfiles,
-                            settings.map_namespace)
+                            settings.map_namespace, changed=changed,
+                            inputs_of=lambda ns: [m[0] for m in _imagemaps(state, [ns])])
+    state.save(built=True)
     out.result = result
     for imap, status, uid, deleting in maps:
         verdict = result.verdicts.get((imap.namespace, imap.name))
@@ -117,8 +134,7 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
                         before, reported, deleting)
     if reported != before:
         snapshot.write_atomic(f"{settings.state_dir}/{REPORTED}", json.dumps(reported, sort_keys=True))
-    _reinvocation(out, _items(contexts, "webhook"), settings.webhook_configuration)
-    out.metrics = _metrics(result, maps)
+    out.metrics = _metrics(result)
     out.logs.append({"msg": "snapshot compiled", "namespaces": result.namespaces,
                      "recompiled": len(result.recompiled),
                      "namespace_rules": result.rules["namespace"],
@@ -262,15 +278,13 @@ def _reinvocation_patch(name: str, index: int) -> dict:
 
 # ----------------------------------------------------------------------------- metrics
 
-def _metrics(result: compiler.Result, maps: list) -> list[dict]:
+def _metrics(result: compiler.Result) -> list[dict]:
     group = SYNC_METRICS_GROUP
     ops = [protocol.gauge("image_mapper_rules", result.rules[scope], {"scope": scope}, group)
            for scope in ("namespace", "cluster")]
     counts = {reason: 0 for reason in REASONS}
-    for imap, *_ in maps:
-        verdict = result.verdicts.get((imap.namespace, imap.name))
-        if verdict:
-            counts[verdict["reason"]] = counts.get(verdict["reason"], 0) + 1
+    for verdict in result.verdicts.values():  # every namespace, compiled now or carried over
+        counts[verdict["reason"]] = counts.get(verdict["reason"], 0) + 1
     ops += [protocol.gauge("image_mapper_imagemaps", n, {"reason": r}, group)
             for r, n in counts.items()]
     for (namespace, name), diags in sorted(result.diagnostics.items()):

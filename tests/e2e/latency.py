@@ -41,6 +41,18 @@ import yaml
 from cluster import ControlPlane, Process, missing_binaries, wait_until
 from install import MODE_LABEL, REPO, Installation, imagemap, prerequisites
 
+
+def _in_snapshot(state_dir: Path, namespace: str) -> bool:
+    """Whether the replica's snapshot has rules for ``namespace`` yet."""
+    if str(REPO / "lib") not in sys.path:
+        sys.path.insert(0, str(REPO / "lib"))
+    from imagemapper import snapshot
+
+    try:
+        return snapshot.load_namespace(str(state_dir), namespace) is not None
+    except snapshot.SnapshotError:
+        return False
+
 PODS = 200
 CONCURRENCY = (1, 10, 50)
 WARMUP = 10
@@ -272,7 +284,7 @@ def measure_latency(pods: int = PODS, concurrency: tuple[int, ...] = CONCURRENCY
                 namespace = f"latency-{phase}"
                 cp.create_namespace(namespace, labels)
                 cp.apply(imagemap("team-mirror", namespace, rules))
-            wait_until(lambda: (replica.state_dir / "accepted" / "latency-in-process.snap").exists(), 30,
+            wait_until(lambda: _in_snapshot(replica.state_dir, "latency-in-process"), 30,
                        "the latency namespaces in the snapshot")
             for phase in PHASES:  # warm-up: connections, first hook runs, caches
                 check_phase(cp, phase, api.create_pods(f"latency-{phase}",

@@ -549,8 +549,9 @@ def test_restart_rebuilds_the_snapshot(image_mapper: Operators, make_namespace: 
     # The validating webhook fails open (failurePolicy Ignore) while nobody serves it.
     cp.apply(imagemap("team-mirror", ns, TEAM_MIRROR))
     replica = image_mapper.restart()
-    assert (replica.state_dir / "rules.snap").exists()
-    assert (replica.state_dir / "accepted" / f"{ns}.snap").exists()
+    from imagemapper import snapshot
+
+    assert snapshot.load_namespace(str(replica.state_dir), ns) is not None
     wait_ready_state(cp, ns, "team-mirror", "Accepted")
     stored, _ = create_pod(cp, pod("app", ns, "nginx:1.25"))
     assert images_of(stored) == {"containers/c0": "registry.corp/hub/nginx:1.25"}
