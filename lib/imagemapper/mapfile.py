@@ -441,6 +441,11 @@ def lookup(layer: MapFileLayer, ref: Reference, raw: str) -> Found:
         for pattern in noswap[0]:
             if pattern in raw or pattern in full:
                 return None, noswap[1]
+    return _lookup_default(default, ref)
+
+
+def _lookup_default(default: Hit, ref: Reference) -> Found:
+    """``default::value``: the image moved under ``value``; a dash value goes before the host."""
     value, rule = default
     if not value:
         return None, rule
