@@ -178,7 +178,9 @@ def test_check_shows_compile_warnings(tmp_path):
     assert "m.conf line 2: key repeats" in out.stderr and "m.conf line 1; this line wins" in out.stderr
     assert "registry keys are inactive without a default key" in out.stderr
     assert "m.conf line 4: never used" in out.stderr
-    assert "ok (0 errors, 4 warnings)" in out.stdout
+    assert "m.conf: WARNINGS (0 errors, 4 warnings)" in out.stdout
+    strict = cli("check", "--strict", write(tmp_path, "m.conf", "quay.io::q.corp\n"))
+    assert strict.returncode == 1 and "WARNINGS (0 errors, 1 warning)" in strict.stdout
 
 
 def test_check_reports_every_problem_without_cutting_the_list(tmp_path):

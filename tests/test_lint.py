@@ -48,3 +48,20 @@ def test_first_of_counts_what_it_leaves_out():
     assert lint.first_of(["a", "b"]) == "a; b"
     assert lint.first_of([str(i) for i in range(7)]) == "0; 1; 2; 3; 4; and 2 more"
     assert lint.first_of(["a", "b", "c"], shown=1) == "a; and 2 more"
+
+
+def test_ready_message_names_every_bad_entry_within_the_crd_limit():
+    from imagemapper import imagemap
+
+    few = imagemap.MapInput("s", "x", "", 1, [{"from": "Bad 1"}, {"from": "ok"}, {"from": "Bad 2"}])
+    _, message = imagemap.validate_entries(few)
+    assert "spec.map[0]" in message and "spec.map[2]" in message and "more" not in message
+    many = imagemap.MapInput("s", "x", "", 1, [{"from": f"Bad {i}"} for i in range(3000)])
+    _, message = imagemap.validate_entries(many)
+    assert len(message) <= imagemap.MESSAGE_LIMIT
+    assert message.endswith("more invalid entries (run `image-mapper check` on the file)")
+    with open(os.path.join(ROOT, "deploy/base/crd.yaml"), encoding="utf-8") as handle:
+        crd = yaml.safe_load(handle)
+    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["properties"]["conditions"]["items"]["properties"]["message"]["maxLength"] == \
+        imagemap.MESSAGE_LIMIT

@@ -5,7 +5,7 @@ kind, an invalid entry or line, a conflict) or a file that would change nothing 
 at all). A warning is something it would accept but silently not do as written (registry
 keys without ``default``, a repeated key, a rule that never wins, deprecated syntax, a
 ConfigMap without the map-file label). Exit status: 0 when no file has an error, 1
-otherwise.
+otherwise; with --strict, warnings count as errors (for CI).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     ck.add_argument("files", nargs="+", metavar="FILE",
                     help="a raw map file, or YAML with ImageMaps and map-file ConfigMaps "
                          "(several documents, Lists, `kubectl get -o yaml` output); '-' for stdin")
+    ck.add_argument("--strict", action="store_true",
+                    help="exit 1 when a file has warnings, too (each is something the cluster "
+                         "would not do as written)")
     return ck
 
 
@@ -114,7 +117,7 @@ def _conflicts(path: str, maps: list[imagemap.MapInput]) -> list[str]:
     return out
 
 
-def run(paths: list[str]) -> int:
+def run(paths: list[str], strict: bool = False) -> int:
     from imagemapper.cli import plural
 
     failed = False
@@ -124,7 +127,8 @@ def run(paths: list[str]) -> int:
             print(f"warning: {line}", file=sys.stderr)
         for line in errors:
             print(f"error: {line}", file=sys.stderr)
-        failed = failed or bool(errors)
-        print(f"{path}: {'FAILED' if errors else 'ok'} "
+        failed = failed or bool(errors) or (strict and bool(warnings))
+        verdict = "FAILED" if errors else "WARNINGS" if warnings else "ok"
+        print(f"{path}: {verdict} "
               f"({plural(len(errors), 'error')}, {plural(len(warnings), 'warning')})")
     return 1 if failed else 0

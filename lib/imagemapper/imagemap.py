@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from imagemapper.shapes import Found, Hit, ImageMapLayer, Targets
 
 EXACT, REPO, PREFIX = "exact", "repo", "prefix"
+MESSAGE_LIMIT = 32768  # maxLength of status.conditions[].message in the CRD
 
 
 class Entry:
@@ -288,9 +289,14 @@ def parse_entries(imap: MapInput) -> tuple[list[Entry], list[str]]:
 def validate_entries(imap: MapInput) -> tuple[list[Entry], str | None]:
     """Parse every entry; return (entries, None) or ([], a message naming every bad entry)."""
     entries, errors = parse_entries(imap)
-    if errors:
-        return [], "; ".join(errors)
-    return entries, None
+    if not errors:
+        return entries, None
+    message = "; ".join(errors)
+    if len(message) > MESSAGE_LIMIT:  # the CRD's limit on a condition message
+        kept = message[:MESSAGE_LIMIT - 200].rpartition("; ")[0]
+        left = len(errors) - kept.count("; ") - 1
+        message = f"{kept}; and {left} more invalid entries (run `image-mapper check` on the file)"
+    return [], message
 
 
 def repeated_entries(entries: list[Entry]) -> list[str]:
