@@ -516,6 +516,44 @@ def test_updates_are_idempotent(image_mapper: Operators, make_namespace: Callabl
     assert images_of(after) == {"containers/c0": "registry.corp/hub/nginx:1.28"}
 
 
+def test_update_never_rewrites_an_image_it_did_not_change(
+    image_mapper: Operators, make_namespace: Callable[..., str]
+) -> None:
+    """Issue 11.1: a label change on a Pod admitted before the rule must not swap its image."""
+    cp = image_mapper.cp
+    ns = make_namespace("update-old")
+    create_pod(cp, pod("app", ns, "nginx:1.25"))
+    apply_imagemap(cp, ns)
+    wait_image(cp, ns, "nginx:1.25", "registry.corp/hub/nginx:1.25")
+    cp.kubectl("label", "pod", "app", "-n", ns, "x=y")
+    after = cp.kubectl_json("get", "pod", "app", "-n", ns)
+    assert images_of(after) == {"containers/c0": "nginx:1.25"} and originals_of(after) is None
+    cp.kubectl("set", "image", "pod/app", "-n", ns, "c0=nginx:1.27")
+    assert images_of(cp.kubectl_json("get", "pod", "app", "-n", ns)) == {
+        "containers/c0": "registry.corp/hub/nginx:1.27"}
+
+
+def test_updates_without_image_changes_work_while_the_webhook_is_down(
+    image_mapper: Operators, make_namespace: Callable[..., str]
+) -> None:
+    """Under Fail, metadata updates (labels, finalizer removal) do not need the webhook."""
+    cp = image_mapper.cp
+    ns = make_namespace("update-down")
+    apply_imagemap(cp, ns)
+    manifest = pod("app", ns, "nginx:1.25")
+    manifest["metadata"]["finalizers"] = ["example.com/hold"]
+    create_pod(cp, manifest)
+    image_mapper.primary.operator.process.kill()
+    cp.kubectl("label", "pod", "app", "-n", ns, "x=y")
+    cp.kubectl("patch", "pod", "app", "-n", ns, "--type=json",
+               "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]')
+    after = cp.kubectl_json("get", "pod", "app", "-n", ns)
+    assert after["metadata"]["labels"] == {"x": "y"} and "finalizers" not in after["metadata"]
+    # An update that changes an image still follows the failure policy.
+    result = cp.kubectl("set", "image", "pod/app", "-n", ns, "c0=nginx:1.27", check=False)
+    assert result.returncode != 0 and f'failed calling webhook "{MUTATE_WEBHOOK}"' in result.stderr
+
+
 def test_server_dry_run_shows_the_rewrite_and_stores_nothing(
     image_mapper: Operators, make_namespace: Callable[..., str]
 ) -> None:
@@ -579,6 +617,61 @@ def test_damaged_snapshot_with_fail_refuses_until_next_sync(
                                   check=False).returncode == 0, 15, "the sync hook to repair the snapshot")
     assert images_of(cp.kubectl_json("get", "pod", "app", "-n", ns)) == \
         {"containers/c0": "registry.corp/hub/nginx:1.25"}
+
+
+def test_terminating_namespace_does_not_delay_rule_changes(
+    image_mapper: Operators, make_namespace: Callable[..., str]
+) -> None:
+    """Issue 11.4: a map file with a warning in a Terminating namespace. The API server
+    forbids Events there; the sync run used to fail on it and retry with backoff, so
+    every later rule change anywhere waited 21-27 s."""
+    cp = image_mapper.cp
+    doomed, ns = make_namespace("doomed"), make_namespace("propagate")
+    cp.apply(mapfile("legacy", doomed, "default:mirror.e2e\n"))  # deprecated ':' = a warning
+    wait_until(lambda: cp.kubectl("get", "events", "-n", doomed, "-o", "name").stdout.strip(), 20,
+               "the DeprecatedMapSyntax Event")
+    # No controller-manager here, so the namespace stays Terminating with its ConfigMap.
+    cp.kubectl("delete", "namespace", doomed, "--wait=false")
+    assert cp.kubectl_json("get", "namespace", doomed)["status"]["phase"] == "Terminating"
+    seconds = []
+    for step in range(4):
+        target = f"registry.corp/step{step}/nginx"
+        cp.apply(imagemap("team-mirror", ns, [{"from": "nginx", "to": target}]))
+        seconds.append(wait_image(cp, ns, "nginx:1.25", f"{target}:1.25", timeout=60))
+    print(f"\nrule-change propagation with a Terminating namespace: {[round(s, 2) for s in seconds]} s")
+    assert max(seconds) < 5, seconds
+    failed = [r for r in image_mapper.primary.operator.log_records()
+              if "Will retry after delay" in str(r.get("msg"))]
+    assert failed == [], failed[:1]
+
+
+def test_map_file_with_a_bad_line_stays_manageable(
+    image_mapper: Operators, make_namespace: Callable[..., str]
+) -> None:
+    """Issue 11.5: a map file that got in while validation was down can be edited,
+    unlabeled and released from its finalizer; a change that adds a bad line cannot."""
+    cp = image_mapper.cp
+    ns = make_namespace("stuck")
+    image_mapper.primary.operator.process.kill()
+    bad = mapfile("broken", ns, "default::mirror.e2e\nthis line is wrong\n")
+    bad["metadata"]["finalizers"] = ["example.com/hold"]
+    cp.apply(bad)  # the validating webhook fails open (Ignore) while nobody serves it
+    image_mapper.restart()
+    cp.kubectl("annotate", "configmap", "broken", "-n", ns, "team=a")
+    worse = cp.kubectl("patch", "configmap", "broken", "-n", ns, "--type=merge", "-p",
+                       json.dumps({"data": {"maps": "default::mirror.e2e\nthis line is wrong\nand this\n"}}),
+                       check=False)
+    assert worse.returncode != 0 and "line 3" in worse.stderr
+    cp.kubectl("delete", "configmap", "broken", "-n", ns, "--wait=false")
+    cp.kubectl("patch", "configmap", "broken", "-n", ns, "--type=json",
+               "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]')
+    wait_until(lambda: cp.kubectl("get", "configmap", "-n", ns, "-o", "name").stdout.strip() == "", 10,
+               "the released ConfigMap to go")
+    bad["metadata"].pop("finalizers")
+    image_mapper.primary.operator.process.kill()
+    cp.apply(bad)
+    image_mapper.restart()
+    cp.kubectl("label", "configmap", "broken", "-n", ns, "imagemapper.io/map-file-")
 
 
 def test_ignore_policy_admits_unchanged(image_mapper: Operators, make_namespace: Callable[..., str]) -> None:
