@@ -9,6 +9,7 @@ safe (RBAC, security context, names shared between objects) must not drift.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import socket
@@ -196,6 +197,7 @@ def test_bundle_has_every_object() -> None:
         ("Deployment", "image-mapper"),
         ("PodDisruptionBudget", "image-mapper"),
         ("Service", "image-mapper-webhook"),
+        ("NetworkPolicy", "image-mapper"),
         ("MutatingWebhookConfiguration", "image-mapper-hooks"),
         ("ValidatingWebhookConfiguration", "image-mapper-hooks"),
     ])
@@ -474,6 +476,7 @@ EXPECTED_ENV = {
     "IMAGE_MAPPER_TIMEOUT_SECONDS": "10",
     "IMAGE_MAPPER_EXCLUDE_NAMESPACES": "",
     "IMAGE_MAPPER_STATE_DIR": "/var/run/image-mapper",
+    "IMAGE_MAPPER_MAX_ADMISSIONS": "8",
 }
 
 
@@ -507,8 +510,8 @@ def test_probes() -> None:
     assert c["readinessProbe"]["exec"]["command"] == [
         "test", "-f", "/var/run/image-mapper/ready"
     ]
-    live = c["livenessProbe"]["httpGet"]
-    assert (live["path"], live["port"], live["scheme"]) == ("/healthz", 9680, "HTTPS")
+    # TCP: an HTTPS probe would fail once the webhook requires a client certificate.
+    assert c["livenessProbe"]["tcpSocket"] == {"port": 9680}
 
 
 def test_resources() -> None:
@@ -614,9 +617,54 @@ def test_pdb() -> None:
 
 
 def test_service_ports() -> None:
-    ports = get("Service", "image-mapper-webhook")["spec"]["ports"]
-    got = {p["name"]: (p["port"], p["targetPort"]) for p in ports}
-    assert got == {"webhook": (443, 9680), "metrics": (9115, 9115)}
+    """Only the webhook: the metrics port also serves shell-operator's /debug/pprof."""
+    for svc in (d for d in DOCS if d["kind"] == "Service"):
+        got = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+        assert got == {"webhook": (443, 9680)}, svc["metadata"]["name"]
+
+
+def network_policy(docs: list[Obj] = DOCS) -> Obj:
+    return get("NetworkPolicy", "image-mapper", docs)
+
+
+def allowed_peers(policy: Obj, port: int) -> list[Any]:
+    """The `from` lists that open ``port`` (None = any source)."""
+    return [rule.get("from") for rule in policy["spec"].get("ingress", [])
+            if any(p.get("port") == port for p in rule.get("ports", []))]
+
+
+def test_network_policy_opens_the_webhook_and_metrics_only_to_monitoring() -> None:
+    policy = network_policy()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert selects(policy["spec"]["podSelector"]["matchLabels"],
+                   deployment()["spec"]["template"]["metadata"]["labels"])
+    assert not selects(policy["spec"]["podSelector"]["matchLabels"],
+                       job()["spec"]["template"]["metadata"]["labels"])
+    container_ports = {p["name"]: p["containerPort"] for p in operator_container()["ports"]}
+    env = env_of(operator_container())
+    assert container_ports == {"webhook": int(env["VALIDATING_WEBHOOK_LISTEN_PORT"]),
+                               "metrics": int(env["SHELL_OPERATOR_LISTEN_PORT"])}
+    opened = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert opened == set(container_ports.values())
+    assert allowed_peers(policy, container_ports["metrics"]) == [[{"namespaceSelector": {
+        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]]
+    assert all(rule.get("ports") for rule in policy["spec"]["ingress"]), "a rule without ports opens all"
+
+
+def test_network_policy_narrows_the_webhook_to_the_api_server(tmp_path: Path) -> None:
+    """The documented patch (docs/security.md) leaves the webhook to the API server's range."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    patch = re.search(r"```yaml\n(# deploy-patch: apiserver-only\n.*?)```", text, re.S)
+    assert patch, "docs/security.md lost the apiserver-only patch"
+    (tmp_path / "patch.yaml").write_text(patch.group(1))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(DEPLOY, tmp_path)], "patches": [{"path": "patch.yaml"}]}))
+    docs = load_docs(kustomize(tmp_path))
+    policy = network_policy(docs)
+    kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+    peers = allowed_peers(policy, 9680)
+    assert peers and all(p and all("ipBlock" in peer for peer in p) for p in peers), peers
+    assert allowed_peers(policy, 9115) == allowed_peers(network_policy(), 9115)
 
 
 def test_names_shared_between_objects_agree() -> None:

@@ -128,7 +128,8 @@ def test_exactly_three_hooks_with_valid_configs(state):
                                             ("IMAGE_MAPPER_TIMEOUT_SECONDS", "99"),
                                             ("IMAGE_MAPPER_STATE_DIR", "relative/dir"),
                                             ("IMAGE_MAPPER_MAP_NAMESPACE", "Not_A_Namespace"),
-                                            ("IMAGE_MAPPER_EXCLUDE_NAMESPACES", "ingress,Not_A_Namespace")])
+                                            ("IMAGE_MAPPER_EXCLUDE_NAMESPACES", "ingress,Not_A_Namespace"),
+                                            ("IMAGE_MAPPER_MAX_ADMISSIONS", "0")])
 def test_bad_setting_fails_config_naming_the_variable(state, variable, value):
     for name in ("mutate.py", "validate.py", "sync.py"):
         with pytest.raises(Exception) as err:
@@ -202,6 +203,71 @@ def test_ephemeral_container_update(synced, state):
     other["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "busybox:1.36"}]
     out = apply_admission(admit(state, pod_request(other, "UPDATE", sub="ephemeralcontainers")).admission, other)
     assert out["spec"]["ephemeralContainers"][0]["image"] == "mirror.corp/hub/busybox:1.36"
+
+
+def _hold_slots(state, count):
+    """Take admission slots the way busy hook processes would (flock on the slot files)."""
+    import fcntl
+
+    directory = os.path.join(state, "admission-slots", "small")
+    os.makedirs(directory, exist_ok=True)
+    held = []
+    for i in range(count):
+        fd = os.open(os.path.join(directory, str(i)), os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.append(fd)
+    return held
+
+
+@pytest.mark.parametrize("policy,allowed", [("Fail", False), ("Ignore", True)])
+def test_busy_replica_answers_by_the_failure_policy_without_reading(synced, state, policy, allowed):
+    """Issue 11.11: a replica runs at most IMAGE_MAPPER_MAX_ADMISSIONS admission hooks at
+    once; the next one waits up to half the timeout, then answers by the failure policy."""
+    import time
+
+    env = {"IMAGE_MAPPER_MAX_ADMISSIONS": "2", "IMAGE_MAPPER_TIMEOUT_SECONDS": "1",
+           "IMAGE_MAPPER_FAILURE_POLICY": policy}
+    held = _hold_slots(state, 2)
+    try:
+        start = time.monotonic()
+        busy = admit(state, pod_request(pod({"web": "nginx:1.25"})), **env)
+        waited = time.monotonic() - start
+        assert busy.ok and busy.admission["allowed"] is allowed and "patch" not in busy.admission
+        assert "IMAGE_MAPPER_MAX_ADMISSIONS" in json.dumps(busy.admission)
+        assert 0.5 <= waited < 3
+        os.close(held.pop())  # one admission finishes: the next one runs
+        served = admit(state, pod_request(pod({"web": "nginx:1.25"})), **env)
+        assert served.admission["allowed"] is True and "patch" in served.admission
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def test_large_requests_cannot_take_the_slots_of_ordinary_pods(synced, state):
+    """Requests over 64 KiB share a quarter of the slots: busy with them, small Pods pass."""
+    env = {"IMAGE_MAPPER_MAX_ADMISSIONS": "4", "IMAGE_MAPPER_TIMEOUT_SECONDS": "1"}
+    import fcntl
+
+    directory = os.path.join(state, "admission-slots", "large")
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, "0"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        big = pod({f"c{i}": "nginx:1.25" for i in range(2000)})
+        assert admit(state, pod_request(big), **env).admission["allowed"] is False
+        small = admit(state, pod_request(pod({"web": "nginx:1.25"})), **env)
+        assert small.admission["allowed"] is True and "patch" in small.admission
+    finally:
+        os.close(fd)
+
+
+def test_oversized_request_is_refused_unread(synced, state):
+    """Nothing the API server sends is larger than 8 MiB; such a request is not parsed."""
+    obj = pod({"web": "nginx:1.25"})
+    obj["metadata"]["annotations"] = {"filler": "x" * (9 << 20)}
+    refused = admit(state, pod_request(obj))
+    assert refused.ok and refused.admission["allowed"] is False
+    assert "larger than" in refused.admission["status"]["message"]
 
 
 def test_invalid_image_is_admitted_with_a_warning(synced, state):

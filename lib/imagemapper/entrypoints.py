@@ -44,6 +44,18 @@ def _safe_settings() -> Settings:
         return Settings()  # defaults: Fail, the safe side
 
 
+def _gate() -> str | None:
+    """Take one of the replica's admission slots (imagemapper.gate), before any parsing."""
+    from imagemapper import gate
+
+    settings = _safe_settings()
+    try:
+        return gate.enter(settings.state_dir, settings.max_admissions, settings.timeout_seconds / 2,
+                          gate.request_size())
+    except OSError:
+        return None  # no state dir yet: the snapshot check answers by the failure policy
+
+
 def mutate_main(argv: list[str]) -> int:
     if argv[:1] == ["--config"]:
         return _print_config("mutate_config")
@@ -64,7 +76,7 @@ def mutate_main(argv: list[str]) -> int:
             _report_mutation(*done[0])
 
     return protocol.admission_main(
-        handle, lambda problem: admission.failure(_safe_settings(), problem), after)
+        handle, lambda problem: admission.failure(_safe_settings(), problem), after, _gate)
 
 
 def _report_mutation(request: Payload, response: AdmissionResponse, rewrites: list[Rewrite],
@@ -107,7 +119,7 @@ def validate_main(argv: list[str]) -> int:
 
     return protocol.admission_main(handle, lambda problem: protocol.allow(
         [(f"image-mapper could not validate this object ({problem}); "
-         "the sync hook will report problems in status and Events")]))
+         "the sync hook will report problems in status and Events")]), gate=_gate)
 
 
 def sync_main(argv: list[str]) -> int:

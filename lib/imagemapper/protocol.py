@@ -21,6 +21,10 @@ import sys
 
 from imagemapper import fastjson, rawio
 
+# An AdmissionReview from the API server is at most a 3 MiB request object plus the
+# stored oldObject (etcd keeps at most 1.5 MiB): anything larger did not come from it.
+ADMISSION_LIMIT = 8 << 20
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -31,10 +35,10 @@ if TYPE_CHECKING:
     Env = Mapping[str, str]
 
 
-def read_contexts(env: Env | None = None) -> list[Any]:
+def read_contexts(env: Env | None = None, limit: int = rawio.READ_LIMIT) -> list[Any]:
     """The binding-context array of this run (a regular file, size-bounded)."""
     env = rawio.environ() if env is None else env
-    contexts = fastjson.load_file(env["BINDING_CONTEXT_PATH"], rawio.READ_LIMIT)
+    contexts = fastjson.load_file(env["BINDING_CONTEXT_PATH"], limit)
     if not isinstance(contexts, list):
         raise TypeError("binding context is not a JSON array")
     return contexts
@@ -114,21 +118,30 @@ def print_config(config: Payload) -> None:
 
 def admission_main(handle: Callable[[Payload], AdmissionResponse],
                    failure_response: Callable[[str], AdmissionResponse],
-                   after: Callable[[], None] | None = None) -> int:
+                   after: Callable[[], None] | None = None,
+                   gate: Callable[[], str | None] | None = None) -> int:
     """Run one admission and always leave exactly one well-formed answer.
 
     ``handle(context) -> response``. If it raises, ``failure_response(message)``
-    decides the answer (the configured failure policy). ``after()`` runs once the
-    answer is written (bookkeeping: logs, counters); whatever it does or raises cannot
-    change the answer. The process exit code is always 0: a non-zero exit would make
-    shell-operator deny the request.
+    decides the answer (the configured failure policy), and so it does when
+    ``gate()``, called before the request is even read, returns a problem (the
+    replica's bound on concurrent admissions), or when the request is larger than
+    :data:`ADMISSION_LIMIT`. ``after()`` runs once the answer is written
+    (bookkeeping: logs, counters); whatever it does or raises cannot change the answer.
+    The process exit code is always 0: a non-zero exit would make shell-operator deny
+    the request.
     """
     response = None
     try:
-        contexts = read_contexts()
-        if len(contexts) != 1:
-            raise ValueError(f"expected one admission binding context, got {len(contexts)}")
-        response = handle(contexts[0])
+        problem = gate() if gate is not None else None
+        if problem:
+            after = None
+            response = failure_response(problem)
+        else:
+            contexts = read_contexts(limit=ADMISSION_LIMIT)
+            if len(contexts) != 1:
+                raise ValueError(f"expected one admission binding context, got {len(contexts)}")
+            response = handle(contexts[0])
     except BaseException as exc:  # noqa: BLE001 - the answer must be written whatever happened
         after = None
         try:

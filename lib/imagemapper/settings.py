@@ -29,6 +29,7 @@ class Settings:
         "excluded_namespaces",
         "failure_policy",
         "map_namespace",
+        "max_admissions",
         "namespace_mode",
         "operator_namespace",
         "state_dir",
@@ -39,7 +40,7 @@ class Settings:
                  timeout_seconds: int = 10, operator_namespace: str = "",
                  map_namespace: str = "", state_dir: str = DEFAULT_STATE_DIR,
                  configuration_name: str = DEFAULT_CONFIGURATION_NAME,
-                 excluded_namespaces: tuple[str, ...] = ()):
+                 excluded_namespaces: tuple[str, ...] = (), max_admissions: int = 8):
         self.namespace_mode = namespace_mode
         self.failure_policy = failure_policy
         self.timeout_seconds = timeout_seconds
@@ -48,6 +49,7 @@ class Settings:
         self.state_dir = state_dir
         self.configuration_name = configuration_name
         self.excluded_namespaces = tuple(excluded_namespaces)
+        self.max_admissions = max_admissions  # admission hooks a replica runs at once
 
     @property
     def never_mutated(self) -> list[str]:
@@ -76,6 +78,17 @@ def _timeout(env: dict) -> int:
     if not 1 <= value <= 30:
         raise SettingsError(f"IMAGE_MAPPER_TIMEOUT_SECONDS={value} is out of range; "
                             "the API server allows 1 to 30")
+    return value
+
+
+def _max_admissions(env: dict) -> int:
+    raw = env.get("IMAGE_MAPPER_MAX_ADMISSIONS", "") or "8"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"IMAGE_MAPPER_MAX_ADMISSIONS={raw!r} is not a whole number") from None
+    if not 1 <= value <= 256:
+        raise SettingsError(f"IMAGE_MAPPER_MAX_ADMISSIONS={value} is out of range (1 to 256)")
     return value
 
 
@@ -117,4 +130,5 @@ def from_env(env: dict | None = None, require_namespace: bool = True) -> Setting
         configuration_name=env.get("VALIDATING_WEBHOOK_CONFIGURATION_NAME", "")
         or DEFAULT_CONFIGURATION_NAME,
         excluded_namespaces=_namespace_list(env, EXCLUDE_NAMESPACES),
+        max_admissions=_max_admissions(env),
     )

@@ -394,6 +394,11 @@ class ShellOperator:
         """
         context = ssl.create_default_context(cafile=str(self.ca_file))
         context.check_hostname = False
+        # Present the API server's webhook client certificate, as a probe that works
+        # whether or not the operator requires it (VALIDATING_WEBHOOK_CLIENT_CA).
+        client = getattr(self.control_plane, "webhook_client_pki", None)
+        if client is not None:
+            context.load_cert_chain(client.dir / "client.crt", client.dir / "client.key")
 
         def metrics_up() -> bool:
             self.process.check_alive()
@@ -552,6 +557,29 @@ class ControlPlane:
         )
         self.pki.issue("admin", "e2e-admin", organization="system:masters", client=True)
         self.pki.key_pair("service-account")
+        self._webhook_client_config()
+
+    def _webhook_client_config(self) -> None:
+        """The API server presents a client certificate to every webhook Service (`*.svc`),
+        from a CA of its own, so a webhook can require it (docs/security.md)."""
+        self.webhook_client_pki = PKI(self.workdir / "webhook-client-pki")
+        cert, key = self.webhook_client_pki.issue("client", "kube-apiserver-webhook-client", client=True)
+        kubeconfig = self.workdir / "webhook-client.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "users": [{"name": "*.svc", "user": {"client-certificate": str(cert), "client-key": str(key)}}]}))
+        plugin = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "WebhookAdmissionConfiguration",
+                  "kubeConfigFile": str(kubeconfig)}
+        self.admission_config = self.workdir / "admission.yaml"
+        self.admission_config.write_text(yaml.safe_dump({
+            "apiVersion": "apiserver.config.k8s.io/v1", "kind": "AdmissionConfiguration",
+            "plugins": [{"name": name, "configuration": plugin}
+                        for name in ("MutatingAdmissionWebhook", "ValidatingAdmissionWebhook")]}))
+
+    @property
+    def webhook_client_ca(self) -> Path:
+        """The CA that signed the API server's webhook client certificate."""
+        return self.webhook_client_pki.ca_cert
 
     def _spawn(self, name: str, argv: list[str]) -> Process:
         env = {
@@ -613,6 +641,7 @@ class ControlPlane:
             # The defaults already include both webhook plugins; naming them keeps the
             # environment honest if a future default set drops one.
             "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+            f"--admission-control-config-file={self.admission_config}",
             # No kubelet, no nodes: the 127.0.0.1 endpoint of Service `kubernetes` is
             # invalid anyway, so do not reconcile it.
             "--endpoint-reconciler-type=none",

@@ -11,8 +11,11 @@ Job and the ClusterIP Service are played by processes and an ExternalName Servic
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import ssl
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -672,6 +675,113 @@ def test_map_file_with_a_bad_line_stays_manageable(
     cp.apply(bad)
     image_mapper.restart()
     cp.kubectl("label", "configmap", "broken", "-n", ns, "imagemapper.io/map-file-")
+
+
+MUTATE_PATH = "/hooks/pods-mutate-imagemapper-io"
+
+
+def direct_review(namespace: str, containers: int = 1) -> bytes:
+    """An AdmissionReview as any Pod could send it straight to the webhook port."""
+    obj = pod("direct", namespace, *(["nginx:1.25"] * containers))
+    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "direct", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": namespace,
+        "operation": "CREATE", "userInfo": {"username": "anyone"}, "object": obj}}).encode()
+
+
+def direct_post(installation: Installation, body: bytes, timeout: float = 15) -> dict[str, Any]:
+    """POST to the webhook port as a Pod would (trusting the CA, no client certificate)."""
+    assert installation.tls_dir is not None
+    context = ssl.create_default_context(cafile=str(installation.tls_dir / "ca.crt"))
+    context.check_hostname = False
+    conn = http.client.HTTPSConnection("127.0.0.1", 443, context=context, timeout=timeout)
+    try:
+        conn.request("POST", MUTATE_PATH, body, {"Content-Type": "application/json"})
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def test_webhook_can_require_the_api_servers_client_certificate(
+    image_mapper: Operators, make_namespace: Callable[..., str]
+) -> None:
+    """Issue 11.11: by default any client reaching the port gets another namespace's
+    rewrite; with VALIDATING_WEBHOOK_CLIENT_CA only the API server gets an answer."""
+    cp, inst = image_mapper.cp, image_mapper.installation
+    ns = make_namespace("mtls")
+    apply_imagemap(cp, ns)
+    leaked = direct_post(inst, direct_review(ns))
+    assert leaked["response"]["allowed"] is True and leaked["response"].get("patch")  # the default
+    image_mapper.restart({"VALIDATING_WEBHOOK_CLIENT_CA": str(cp.webhook_client_ca)})
+    stored, _ = create_pod(cp, pod("app", ns, "nginx:1.25"))
+    assert images_of(stored) == {"containers/c0": "registry.corp/hub/nginx:1.25"}
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        direct_post(inst, direct_review(ns))
+
+
+def admission_latencies(cp: ControlPlane, namespace: str, seconds: float) -> list[float]:
+    """Server-side dry-run Pod creations back to back for `seconds`: each one's latency."""
+    out, end = [], time.monotonic() + seconds
+    while time.monotonic() < end and len(out) < 200:
+        start = time.monotonic()
+        result = cp.kubectl("create", "--dry-run=server", "-o", "name", "-f", "-", check=False,
+                            input=json.dumps(pod("probe", namespace, "nginx:1.25")))
+        out.append(time.monotonic() - start if result.returncode == 0 else float("inf"))
+    return out
+
+
+def flood(inst: Installation, body: bytes, workers: int, seconds: float) -> dict[str, int]:
+    """`workers` threads POSTing `body` straight to the webhook port for `seconds`."""
+    counts = {"answered": 0, "refused": 0}
+    lock, end = threading.Lock(), time.monotonic() + seconds
+
+    def work() -> None:
+        while time.monotonic() < end:
+            try:
+                direct_post(inst, body, timeout=seconds)
+                key = "answered"
+            except (OSError, ValueError):
+                key = "refused"
+                time.sleep(0.05)  # reconnect cadence; a refused handshake costs the client most
+            with lock:
+                counts[key] += 1
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 20)
+    return counts
+
+
+def test_direct_request_flood_does_not_starve_pod_admission(
+    image_mapper: Operators, make_namespace: Callable[..., str]
+) -> None:
+    """Pod admission latency while 48 clients flood the webhook port with 2000-container
+    Pods, for three setups. Prints the figures; the client certificate must hold."""
+    cp, inst = image_mapper.cp, image_mapper.installation
+    ns = make_namespace("flood")
+    apply_imagemap(cp, ns)
+    body = direct_review(ns, containers=2000)
+    quiet = admission_latencies(cp, ns, 3)
+    figures = {"quiet": (statistics.median(quiet), max(quiet), {})}
+    setups = {"unbounded": {"IMAGE_MAPPER_MAX_ADMISSIONS": "256"}, "bounded (default 8)": {},
+              "client certificate required": {"VALIDATING_WEBHOOK_CLIENT_CA": str(cp.webhook_client_ca)}}
+    for name, overrides in setups.items():
+        image_mapper.restart(overrides)
+        apply_imagemap(cp, ns)
+        result: dict[str, Any] = {}
+        flooding = threading.Thread(target=lambda r=result: r.update(flood(inst, body, 48, 8)))
+        flooding.start()
+        time.sleep(1)
+        during = admission_latencies(cp, ns, 6)
+        flooding.join(40)
+        figures[name] = (statistics.median(during), max(during), result)
+    for name, (median, worst, counts) in figures.items():
+        print(f"\nflood {name}: admission median {median:.3f} s, max {worst:.3f} s, direct requests {counts}")
+    median, worst, counts = figures["client certificate required"]
+    assert counts.get("answered") == 0 and worst < 5, figures
+    assert median < max(3 * figures["quiet"][0], figures["quiet"][0] + 0.5), figures
 
 
 def test_ignore_policy_admits_unchanged(image_mapper: Operators, make_namespace: Callable[..., str]) -> None:
