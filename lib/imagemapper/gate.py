@@ -18,7 +18,7 @@ extension module (``signal`` itself would import ``enum``).
 
 from __future__ import annotations
 
-import _signal as signal
+import _signal as signal  # type: ignore[import-not-found]
 import fcntl
 import posix
 
@@ -30,7 +30,7 @@ class _Timeout(Exception):
     pass
 
 
-def _alarm(signum, frame):
+def _alarm(signum: int, frame: object) -> None:
     raise _Timeout
 
 
