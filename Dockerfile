@@ -1,7 +1,13 @@
 # image-mapper runtime image: the released shell-operator plus Python and the
-# image-mapper hooks. Build from the repository root:
-#   docker build -t ghcr.io/image-mapper/image-mapper:v0.1.0 .
-FROM ghcr.io/flant/shell-operator:v1.20.3
+# image-mapper hooks. Build from the repository root (docs/install.md):
+#   make image IMG=registry.example.com/image-mapper:v0.1.0
+#   buildah bud -t registry.example.com/image-mapper:v0.1.0 .    (or docker/podman build)
+# BASE_IMAGE is the only build argument. Its default is the release base; a base
+# without apk must already contain python3, PyYAML, jsonpatch and openssl (the
+# stand-in made by tests/e2e/build-standin-base.sh does; docs/install.md lists
+# how it differs from the release base).
+ARG BASE_IMAGE=ghcr.io/flant/shell-operator:v1.20.3
+FROM ${BASE_IMAGE}
 
 # python3 runs the hooks; py3-yaml and py3-jsonpatch are the runtime
 # dependencies (requirements.txt); openssl is for bin/gen-certs. The base image
@@ -9,12 +15,15 @@ FROM ghcr.io/flant/shell-operator:v1.20.3
 # of those packages (Alpine ships it apart): without it every hook process
 # would compile the modules it imports. Package versions come from the base
 # image's Alpine release, which the pinned base tag fixes. The python3 -B line
-# fails the build if that bytecode is missing (-B: it must not write its own).
+# fails the build if that bytecode is missing (-B: it must not write its own),
+# on any base. The user is written to /etc/passwd and /etc/group directly, so
+# that busybox and Debian bases need no adduser.
 # hadolint ignore=DL3018
-RUN apk add --no-cache python3 pyc py3-yaml py3-jsonpatch openssl \
- && python3 -B -c 'import importlib.util as u, os, sys, yaml; sys.exit(not all(os.path.exists(u.cache_from_source(m.__file__)) for m in (os, yaml)))' \
- && addgroup -S -g 65532 image-mapper \
- && adduser -S -D -H -u 65532 -G image-mapper -h /nonexistent -s /sbin/nologin image-mapper
+RUN if command -v apk >/dev/null; then apk add --no-cache python3 pyc py3-yaml py3-jsonpatch openssl; fi \
+ && python3 -B -c 'import importlib.util as u, os, sys, yaml, jsonpatch; sys.exit(not all(os.path.exists(u.cache_from_source(m.__file__)) for m in (os, yaml, jsonpatch)))' \
+ && command -v openssl kubectl >/dev/null \
+ && echo 'image-mapper:x:65532:' >>/etc/group \
+ && echo 'image-mapper:x:65532:65532:image-mapper:/nonexistent:/sbin/nologin' >>/etc/passwd
 
 COPY lib/ /opt/image-mapper/lib/
 COPY bin/ /opt/image-mapper/bin/

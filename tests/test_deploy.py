@@ -702,9 +702,13 @@ def dockerfile() -> str:
 
 def test_dockerfile_recipe() -> None:
     text = dockerfile()
+    # One stage on one build argument whose default is the release base; the
+    # stand-in base of the e2e cluster changes only that argument.
     froms = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
-    assert froms == ["ghcr.io/flant/shell-operator:v1.20.3"]
-    apk = re.search(r"apk add --no-cache ([^\\\n]+)", text)
+    assert froms == ["${BASE_IMAGE}"]
+    args = re.findall(r"^ARG\s+(\S+)", text, re.MULTILINE)
+    assert args == ["BASE_IMAGE=ghcr.io/flant/shell-operator:v1.20.3"]
+    apk = re.search(r"apk add --no-cache ([^;\\\n]+)", text)
     assert apk and {"python3", "py3-yaml", "py3-jsonpatch", "openssl"} <= set(
         apk.group(1).split())
     assert "COPY hooks/sync.py hooks/mutate.py hooks/validate.py /hooks/" in text

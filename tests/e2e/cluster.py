@@ -234,12 +234,19 @@ class Process:
 
     @classmethod
     def spawn(
-        cls, name: str, argv: list[str], log_path: Path, env: Mapping[str, str]
+        cls,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: Mapping[str, str],
+        die_with_parent: bool = True,
     ) -> Process:
+        """Start argv; die_with_parent=False for processes that must outlive the
+        caller (a cluster kept running by `make demo KEEP=1`)."""
         log = log_path.open("ab")
         try:
             popen = subprocess.Popen(
-                _die_with_parent(argv),
+                _die_with_parent(argv) if die_with_parent else argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -478,6 +485,7 @@ class ControlPlane:
         self.pki: PKI | None = None
         self.admin_kubeconfig = self.workdir / "admin.kubeconfig"
         self._operator_count = 0
+        self._die_with_parent = True
 
     # ---- lifecycle
 
@@ -553,7 +561,7 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ips=("127.0.0.1", "10.96.0.1"),
+            ips=("127.0.0.1", "10.96.0.1", *self._apiserver_extra_ips()),
         )
         self.pki.issue("admin", "e2e-admin", organization="system:masters", client=True)
         self.pki.key_pair("service-account")
@@ -581,12 +589,35 @@ class ControlPlane:
         """The CA that signed the API server's webhook client certificate."""
         return self.webhook_client_pki.ca_cert
 
-    def _spawn(self, name: str, argv: list[str]) -> Process:
+    def _apiserver_extra_ips(self) -> tuple[str, ...]:
+        """More IP SANs for the API server certificate (a subclass's node address)."""
+        return ()
+
+    def _http_get(self, url: str) -> str:
+        """GET url from where the control plane lives (see _wrap)."""
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read().decode()
+
+    def _wrap(self, argv: list[str]) -> list[str]:
+        """The command line that runs argv where the control plane lives. Here as is;
+        realcluster.RealCluster runs it inside the cluster's network namespace."""
+        return argv
+
+    def _spawn(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> Process:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.workdir),
+            **dict(env or {}),
         }
-        process = Process.spawn(name, argv, self.workdir / f"{name}.log", env)
+        process = Process.spawn(
+            name,
+            self._wrap(argv),
+            self.workdir / f"{name}.log",
+            env,
+            die_with_parent=self._die_with_parent,
+        )
         self.processes.append(process)
         return process
 
@@ -615,8 +646,7 @@ class ControlPlane:
 
         def healthy() -> bool:
             etcd.check_alive()
-            with urllib.request.urlopen(f"{client}/health", timeout=2) as response:
-                return json.load(response).get("health") == "true"
+            return json.loads(self._http_get(f"{client}/health")).get("health") == "true"
 
         wait_until(healthy, 30, "etcd /health")
 
@@ -697,11 +727,13 @@ class ControlPlane:
         Returns the CompletedProcess (text). With check=True a non-zero exit raises
         E2EError carrying stderr.
         """
-        argv = [
-            kubectl_binary(),
-            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
-            *args,
-        ]
+        argv = self._wrap(
+            [
+                kubectl_binary(),
+                f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
+                *args,
+            ]
+        )
         result = subprocess.run(
             argv,
             input=input,
