@@ -52,6 +52,7 @@ import images
 from cluster import (
     BUILD_SCRIPT,
     ControlPlane,
+    SERVICE_CLUSTER_IP_RANGE,
     E2EError,
     bin_dir,
     cache_dir,
@@ -179,6 +180,7 @@ class RealCluster(ControlPlane):
         self.cgroup_root = f"/{self.netns}"
         self._die_with_parent = not self.keep
         self.keep_workdir = self.keep_workdir or self.keep
+        self._started = time.time()
 
     # ---- where things are
 
@@ -279,6 +281,7 @@ class RealCluster(ControlPlane):
             "cgroup_root": self.cgroup_root,
             "pids": {p.name: p.pid for p in self.processes},
             "kubeconfig": str(self.admin_kubeconfig),
+            "started": self._started,
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(_json(state))
@@ -293,6 +296,9 @@ class RealCluster(ControlPlane):
         _run(*ns, "link", "add", BRIDGE, "type", "bridge")
         _run(*ns, "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE)
         _run(*ns, "link", "set", BRIDGE, "up")
+        # The namespace has no default route; without a route for the Service range,
+        # connect() to a ClusterIP fails (ENETUNREACH) before kube-proxy's DNAT runs.
+        _run(*ns, "route", "add", SERVICE_CLUSTER_IP_RANGE, "dev", BRIDGE)
         # kube-proxy's DNAT of Pod -> ClusterIP traffic and the Pods' own routes.
         self.run_in_netns("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
 
@@ -309,6 +315,7 @@ class RealCluster(ControlPlane):
                             "type": "bridge",
                             "bridge": BRIDGE,
                             "isGateway": True,
+                            "isDefaultGateway": True,
                             # No masquerading: nothing leaves the namespace.
                             "ipMasq": False,
                             "hairpinMode": True,
@@ -403,7 +410,7 @@ class RealCluster(ControlPlane):
                 "--use-service-account-credentials=true",
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}",
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
-                "--service-cluster-ip-range=10.96.0.0/24",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 # Finished Pods go away soon (CronJob runs in the tests).
                 "--terminated-pod-gc-threshold=50",
                 "--v=1",
@@ -704,16 +711,13 @@ def _own(pid: int, marker: str) -> bool:
 
 
 def _cgroup_dirs(root: str) -> Iterator[Path]:
-    """Every cgroup directory of ours, deepest first."""
+    """Every cgroup directory of ours, deepest first (they vanish while we walk:
+    os.walk ignores what it can no longer read)."""
     for hierarchy in _cgroup_hierarchies():
         top = hierarchy / root.lstrip("/")
         if top.is_dir():
-            yield from sorted(
-                (p for p in top.rglob("*") if p.is_dir()),
-                key=lambda p: len(p.parts),
-                reverse=True,
-            )
-            yield top
+            for directory, _, _ in os.walk(top, topdown=False):
+                yield Path(directory)
 
 
 def _cgroup_pids(root: str) -> set[int]:
@@ -739,19 +743,28 @@ def _mounts_under(path: str) -> list[str]:
 SHIM_SOCKETS = Path("/run/containerd/s")
 
 
-def _remove_shim_sockets(workdir: str) -> None:
-    """containerd 1.6 names a shim's socket sha256(<containerd address>/<ns>/<id>)
-    under /run/containerd/s, whatever its state dir; remove ours."""
-    import hashlib
+def _remove_shim_sockets(since: float) -> None:
+    """containerd 1.6 puts its shims' sockets in the fixed /run/containerd/s, whatever
+    its state dir; a killed shim leaves its socket behind. Remove the ones made since
+    our containerd started that nobody answers on any more (so never a live socket
+    of another containerd)."""
+    import socket as _socket
 
-    address = Path(workdir) / "containerd" / "containerd.sock"
-    tasks = Path(workdir) / "containerd" / "state" / "io.containerd.runtime.v2.task"
-    if not tasks.is_dir():
-        return
-    for ns in tasks.iterdir():
-        for task in ns.iterdir() if ns.is_dir() else ():
-            name = hashlib.sha256(f"{address}/{ns.name}/{task.name}".encode()).hexdigest()
-            (SHIM_SOCKETS / name).unlink(missing_ok=True)
+    entries = list(SHIM_SOCKETS.iterdir()) if SHIM_SOCKETS.is_dir() else []
+    for entry in entries:
+        try:
+            if entry.stat().st_mtime < since - 1:
+                continue
+            probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            try:
+                probe.connect(str(entry))
+                continue  # alive: not ours to remove
+            except OSError:
+                entry.unlink(missing_ok=True)
+            finally:
+                probe.close()
+        except OSError:
+            pass
     for directory in (SHIM_SOCKETS, SHIM_SOCKETS.parent):
         try:
             directory.rmdir()  # only if empty: another containerd may use it
@@ -783,7 +796,7 @@ def teardown(state: dict[str, Any]) -> list[str]:
             _kill(pid, signal.SIGKILL)
         time.sleep(0.1)
     # Shims killed this way leave their socket in containerd's fixed /run/containerd/s.
-    _remove_shim_sockets(workdir)
+    _remove_shim_sockets(float(state.get("started", 0)))
     # 3. Everything else we started.
     rest = [pid for name, pid in pids.items() if name not in order and _own(pid, workdir)]
     _stop_pids(rest, 10)
