@@ -118,3 +118,45 @@ def shell_operator(
                 f"\n--- {operator.process.name} log ({operator.process.log_path}), tail:"
             )
             print(operator.process.tail(60))
+
+
+# ------------------------------------------------------------ the one-node cluster
+
+
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[Any]:
+    """One RealCluster (realcluster.py) for the whole session: a kubelet, containerd,
+    controllers, kube-proxy and a registry at `real_cluster.registry` (127.0.0.1:5000
+    inside the cluster's network namespace). See tests/e2e/README.md.
+
+    IMAGE_MAPPER_E2E_KEEP=1 leaves it running and prints how to use and stop it.
+    """
+    from realcluster import RealCluster, missing_prerequisites
+
+    missing = missing_prerequisites()
+    if missing:
+        pytest.fail("the one-node cluster cannot start; missing: " + "; ".join(missing)
+                    + " (make e2e-binaries installs and builds all of it)", pytrace=False)
+    keep = os.environ.get("IMAGE_MAPPER_E2E_KEEP") == "1"
+    cluster = RealCluster(keep=keep)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        if keep:
+            print("\none-node cluster kept running:\n" + cluster.usage())
+        else:
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def installed(real_cluster: Any) -> Any:
+    """image-mapper built with `make image` (stand-in base), pushed with `make push`
+    into the cluster's registry and installed with `kubectl apply -k tests/e2e/overlay`.
+    Returns the RealCluster."""
+    import realinstall
+
+    realinstall.build_image()
+    realinstall.push_image(real_cluster)
+    real_cluster.install_output = realinstall.install(real_cluster)
+    return real_cluster

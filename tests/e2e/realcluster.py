@@ -51,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import images
 from cluster import (
     BUILD_SCRIPT,
-    ControlPlane,
     SERVICE_CLUSTER_IP_RANGE,
+    ControlPlane,
     E2EError,
     bin_dir,
     cache_dir,
@@ -130,6 +130,17 @@ def _run(*argv: str, check: bool = True, **kw: Any) -> subprocess.CompletedProce
 _CLONE_NEWNET = 0x40000000
 
 
+def enter_netns(path: str) -> None:
+    """Move the calling thread (only it: setns(2)) into the network namespace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
 def in_netns(path: str, fn: Callable[[], Any]) -> Any:
     """Call fn() in a thread that has joined the network namespace at `path`
     (setns(2) changes only the calling thread), so that Python sockets can reach
@@ -138,13 +149,7 @@ def in_netns(path: str, fn: Callable[[], Any]) -> Any:
 
     def target() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {path}")
-            finally:
-                os.close(fd)
+            enter_netns(path)
             outcome["value"] = fn()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             outcome["error"] = exc

@@ -25,8 +25,8 @@ from install import (
     PROBE_IMAGE,
     PROBE_NS,
     PROBED_IMAGE,
-    images_of,
     imagemap,
+    images_of,
     pod,
 )
 from realcluster import REGISTRY, RealCluster
@@ -93,10 +93,12 @@ def ready(pod_obj: dict[str, Any]) -> bool:
                for c in pod_obj.get("status", {}).get("conditions", []))
 
 
-def install(cluster: RealCluster, say: Say = _quiet, timeout: float = 240) -> None:
-    """kubectl apply -k the test overlay; wait for the Job, both replicas, the webhook."""
+def install(cluster: RealCluster, say: Say = _quiet, timeout: float = 240
+            ) -> subprocess.CompletedProcess[str]:
+    """kubectl apply -k the test overlay; wait for the Job, both replicas, the webhook.
+    Returns kubectl apply's result (its stderr carries any Pod Security warning)."""
     started = time.monotonic()
-    cluster.kubectl("apply", "-k", str(OVERLAY), timeout=120)
+    applied = cluster.kubectl("apply", "-k", str(OVERLAY), timeout=120)
     cluster.kubectl("wait", "-n", OPERATOR_NS, f"job/{CERTGEN_JOB}",
                     "--for=condition=Complete", f"--timeout={int(timeout)}s",
                     timeout=timeout + 10)
@@ -106,6 +108,7 @@ def install(cluster: RealCluster, say: Say = _quiet, timeout: float = 240) -> No
     wait_effective(cluster, timeout)
     say(f"webhook answering through Service image-mapper-webhook "
         f"({time.monotonic() - started:.0f}s)")
+    return applied
 
 
 def wait_rollout(cluster: RealCluster, timeout: float = 240) -> None:
