@@ -423,13 +423,20 @@ def test_logs_columns_and_metrics(installed: RealCluster) -> None:
     assert table[0].split() == ["NAME", "READY", "REASON", "RULES", "AGE"]
     assert table[1].split()[:4] == ["mirror", "True", "Accepted", "3"]
     # Metrics, scraped from each Pod through the API server's proxy. Counters are
-    # per replica (and start again with a container), so look at both.
-    scraped = [cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{OPERATOR_NS}/pods/"
-                               f"{p['metadata']['name']}:9115/proxy/metrics/hooks").stdout
-               for p in realinstall.operator_pods(cluster)]
-    assert all("image_mapper_imagemaps{" in text for text in scraped)
-    assert any('image_mapper_admissions_total{hook="mutate.py",result="patched"}' in text
-               for text in scraped)
+    # per replica (and start again with a container) and exported every 10 s, so
+    # look at both, for a while.
+    def scrape() -> list[str]:
+        return [cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{OPERATOR_NS}/pods/"
+                                f"{p['metadata']['name']}:9115/proxy/metrics/hooks").stdout
+                for p in realinstall.operator_pods(cluster)]
+
+    def patched() -> bool:
+        lines = [line for text in scrape() for line in text.splitlines()
+                 if line.startswith("image_mapper_admissions_total{") and 'result="patched"' in line]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines) >= 1
+
+    assert all("image_mapper_imagemaps{" in text for text in scrape())
+    wait_until(patched, 45, "image_mapper_admissions_total{result=patched} in a replica's metrics")
 
 
 # ------------------------------------------------ 5. failure policy, uninstall
