@@ -35,6 +35,7 @@ COPY hooks/sync.py hooks/mutate.py hooks/validate.py /hooks/
 # `image-mapper` is the CLI (python3 -m imagemapper), for kubectl exec.
 RUN python3 -m compileall -q /opt/image-mapper/lib \
  && PYTHONPATH=/opt/image-mapper/lib python3 -m imagemapper.bundle \
+ && PYTHONPATH=/opt/image-mapper/lib python3 -m imagemapper.selftest \
  && chmod 0755 /hooks/sync.py /hooks/mutate.py /hooks/validate.py /opt/image-mapper/bin/* \
  && printf '#!/bin/sh\nexec python3 -m imagemapper "$@"\n' >/usr/local/bin/image-mapper \
  && chmod 0755 /usr/local/bin/image-mapper

@@ -49,7 +49,7 @@ def test_loads_accepts_and_refuses_what_json_does(text):
 
 
 @pytest.mark.parametrize("text", ["[1,]", '{"a":1,}', "{'a':1}", "[1", '{"a"', '{"a":}', '"\\x"',
-                                  "[" * 1000 + "]" * 1000, '{"a":' * 5000 + "1" + "}" * 5000,
+                                  "[" * 1000 + "]" * 1000 + ",", '{"a":' * 5000 + "1" + "}" * 4999,
                                   "[1] x", "", "  "])
 def test_syntax_errors_and_deep_nesting_are_value_errors_in_a_bare_interpreter(text):
     """As the mutate hook runs: ``-S``, ``json`` never imported (3.10/3.11 gave SystemError)."""
@@ -88,3 +88,56 @@ def test_the_lent_decoder_module_never_stays_behind():
     except ValueError:
         pass
     assert sys.modules.get("json.decoder") is None or sys.modules["json.decoder"].__name__ == "json.decoder"
+
+
+def interpreters() -> list[str]:
+    """Every CPython of the declared range (pyproject: >=3.10) found here: PATH and pyenv."""
+    import glob
+
+    def version(path: str) -> tuple[int, ...]:
+        out = subprocess.run([path, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True,
+                             text=True, check=False, timeout=30)
+        return tuple(int(x) for x in out.stdout.split()) if out.returncode == 0 else ()
+
+    candidates = ["/usr/bin/python3", sys.executable,
+                  *glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3"))]
+    found = {os.path.realpath(p) for p in candidates if os.path.exists(p)}
+    return sorted(p for p in found if version(p) >= (3, 10))
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_selftest_passes_on_every_interpreter_here(python):
+    """The same check the image build runs on the runtime image's Python (imagemapper.selftest)."""
+    out = subprocess.run([python, "-m", "imagemapper.selftest"], env={**os.environ, "PYTHONPATH": LIB},
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_mutate_hook_answers_alike_on_every_interpreter_here(python, tmp_path):
+    """The whole hot path as shell-operator runs it (``-S``), on each Python: the same answer."""
+    from imagemapper import compiler
+    from imagemapper.compiler import MapFileInput
+    from imagemapper.imagemap import MapInput
+
+    state = str(tmp_path / "state")
+    compiler.build(state, [MapInput("shop", "m", "2024-01-01T00:00:00Z", 1, [{"from": "nginx", "to": "r.corp/nginx"}])],
+                   [MapFileInput("image-mapper-system", "c", "u", {"maps": "default::mirror.corp\n"})],
+                   "image-mapper-system")
+    pod = {"metadata": {"name": "p", "namespace": "shop",
+                        "annotations": {"imagemapper.io/original-images": "{'hand': 'edited',}"}},
+           "spec": {"containers": [{"name": "a", "image": "nginx:1"}, {"name": "b", "image": "redis"}]}}
+    context = [{"binding": "pods.mutate.imagemapper.io", "type": "Mutating", "review": {"request": {
+        "uid": "u", "namespace": "shop", "operation": "CREATE", "object": pod}}}]
+    (tmp_path / "ctx.json").write_text(json.dumps(context))
+    answers = []
+    for interpreter in (sys.executable, python):
+        response = tmp_path / "response.json"
+        response.write_text("")
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": LIB, "IMAGE_MAPPER_STATE_DIR": state,
+               "BINDING_CONTEXT_PATH": str(tmp_path / "ctx.json"), "ADMISSION_RESPONSE_PATH": str(response),
+               "SHELL_OPERATOR_NAMESPACE": "image-mapper-system"}
+        hook = os.path.join(os.path.dirname(LIB), "hooks", "mutate.py")
+        subprocess.run([interpreter, "-S", hook], env=env, check=True, capture_output=True, timeout=60)
+        answers.append(json.loads(response.read_text()))
+    assert answers[0] == answers[1] and "patch" in answers[0], answers

@@ -9,9 +9,9 @@ so this module drives the C accelerator ``_json`` directly, and must fail exactl
   ``json.decoder.JSONDecodeError``. On 3.10 and 3.11 it only looks that class up in
   ``sys.modules`` and, when ``json`` was never imported, returns NULL with no exception
   set: a ``SystemError``. On 3.12+ it imports ``json.decoder`` (and ``re``). So for the
-  duration of a parse we lend it a stand-in module whose error class is a ValueError;
-* deep nesting raises ``RecursionError`` in ``_json`` and in :mod:`json` alike. A value
-  nested that deep is not a document anyone wrote, so it is a ValueError here;
+  duration of a parse we lend it stand-in modules whose error class is a ValueError;
+* deep nesting raises ``RecursionError`` in ``_json`` and in :mod:`json` alike up to 3.11
+  (a ValueError here); 3.12+ parse it, as :mod:`json` there does;
 * :func:`dumps` refuses NaN and infinities (``json`` writes ``NaN``, which no JSON
   parser in Kubernetes accepts). It runs ``_json``'s C encoder, set up as ``json.dumps``
   does, with a pure-Python twin for interpreters whose ``_json`` differs.
@@ -43,10 +43,20 @@ class JSONDecodeError(ValueError):
         self.msg, self.doc, self.pos = msg, doc, pos
 
 
-class _Decoder:
-    """Stand-in for ``json.decoder`` while the scanner runs (see the module docstring)."""
+def _stand_ins() -> dict[str, Any]:
+    """Stand-ins for ``json`` and ``json.decoder`` while the scanner runs (module docstring).
 
-    JSONDecodeError = JSONDecodeError
+    3.12+ imports ``json.decoder`` on an error, and with it the ``json`` package, which
+    would import the real decoder (and ``re``): so the package is lent too.
+    """
+    package, decoder = type(sys)("json"), type(sys)(DECODER)
+    decoder.JSONDecodeError = JSONDecodeError  # type: ignore[attr-defined]
+    package.decoder = decoder  # type: ignore[attr-defined]
+    package.__path__ = []  # type: ignore[attr-defined]  # a package, with nothing to find in it
+    return {"json": package, DECODER: decoder}
+
+
+_LENT = _stand_ins()
 
 
 class _Context:
@@ -77,9 +87,9 @@ def loads(text: str) -> Any:
     if not isinstance(text, str):
         raise TypeError(f"JSON text must be str, not {type(text).__name__}")
     start = len(text) - len(text.lstrip(_WS))
-    lent = DECODER not in sys.modules
-    if lent:
-        sys.modules[DECODER] = _Decoder  # type: ignore[assignment]  # a module stand-in
+    lent = [name for name in _LENT if name not in sys.modules]
+    for name in lent:
+        sys.modules[name] = _LENT[name]
     try:
         value, end = _scan(text, start)
     except StopIteration as exc:
@@ -91,8 +101,9 @@ def loads(text: str) -> Any:
     except Exception as exc:  # noqa: BLE001 - any other scanner failure is bad input too
         raise ValueError(f"invalid JSON ({type(exc).__name__})") from None
     finally:
-        if lent and sys.modules.get(DECODER) is _Decoder:  # type: ignore[comparison-overlap]
-            del sys.modules[DECODER]
+        for name in lent:
+            if sys.modules.get(name) is _LENT[name]:
+                del sys.modules[name]
     if text[end:].strip(_WS):
         raise JSONDecodeError("Extra data", text, end)
     return value

@@ -360,15 +360,18 @@ class Installation:
         return env
 
     def start(self, overrides: Mapping[str, str] | None = None, *,
-              listen_address: str = "127.0.0.1", wait: bool = True) -> Replica:
-        """Start one replica (a fresh state dir, like a new Pod) and wait until it serves."""
+              listen_address: str = "127.0.0.1", wait: bool = True,
+              hooks_dir: Path | None = None) -> Replica:
+        """Start one replica (a fresh state dir, like a new Pod) and wait until it serves.
+
+        ``hooks_dir``: another hooks directory (latency.py adds a test hook to ours)."""
         self._runs += 1
         state_dir = self.workdir / f"replica-{self._runs}" / "state"
         state_dir.mkdir(parents=True)
         env = self.operator_env(state_dir, overrides)
         assert self.tls_dir is not None
         operator = self.control_plane.start_shell_operator(
-            REPO / "hooks",
+            hooks_dir or REPO / "hooks",
             env,
             self.control_plane.token_kubeconfig(OPERATOR_NS, OPERATOR_SA),
             namespace=env["SHELL_OPERATOR_NAMESPACE"],

@@ -30,6 +30,7 @@ import platform
 import re
 import ssl
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ PODS = 200
 CONCURRENCY = (1, 10, 50)
 WARMUP = 10
 OURS = "pods.mutate.imagemapper.io"
+FIXED = "fixed.e2e.imagemapper.io"
 BASELINE = "baseline.e2e.imagemapper.io"
 INPROCESS = "inprocess.e2e.imagemapper.io"
 BASELINE_NS = "image-mapper-e2e-latency"
@@ -66,6 +68,7 @@ METRIC = "apiserver_admission_webhook_admission_duration_seconds"
 # phase -> (namespace labels, webhook whose histogram describes it)
 PHASES: dict[str, tuple[dict[str, str], str | None]] = {
     "ours": ({}, OURS),
+    "fixed": ({MODE_LABEL: "disabled", "latency.e2e.imagemapper.io/webhook": "fixed"}, FIXED),
     "excluded": ({MODE_LABEL: "disabled"}, None),
     "baseline": ({MODE_LABEL: "disabled", "latency.e2e.imagemapper.io/webhook": "baseline"}, BASELINE),
     "in-process": ({MODE_LABEL: "disabled", "latency.e2e.imagemapper.io/webhook": "inprocess"}, INPROCESS),
@@ -261,7 +264,48 @@ def machine() -> dict[str, Any]:
 # ------------------------------------------------------------------ measurement
 
 
-def measure_latency(pods: int = PODS, concurrency: tuple[int, ...] = CONCURRENCY) -> dict[str, Any]:
+# What the shipped Deployment runs (deploy/base/deployment.yaml), and the alternatives that
+# the settings table compares with it: shell-operator's temp dir on a memory-backed
+# emptyDir (here /dev/shm, tmpfs) or on the node's disk, and its log level.
+SETTINGS: dict[str, dict[str, str]] = {
+    "shipped (tmp on tmpfs, LOG_LEVEL from the Deployment)": {},
+    "tmp dir on disk": {"SHELL_OPERATOR_TMP_DIR": "disk"},
+    "LOG_LEVEL=info": {"LOG_LEVEL": "info"},
+    "LOG_LEVEL=error": {"LOG_LEVEL": "error"},
+}
+SETTINGS_LEVEL = 50
+SETTINGS_PHASES = ("ours", "fixed")
+
+
+def hooks_dir(workdir: Path) -> Path:
+    """Our three hooks and the fixed-answer hook, in one hooks directory (copies)."""
+    target = workdir / "latency-hooks"
+    target.mkdir(parents=True, exist_ok=True)
+    for source in [*(REPO / "hooks").glob("*.py"), Path(__file__).resolve().parent / "latencyhooks" / "fixed.py"]:
+        (target / source.name).write_bytes(source.read_bytes())
+        (target / source.name).chmod(0o755)
+    return target
+
+
+def settings_env(workdir: Path, name: str, overrides: dict[str, str]) -> dict[str, str]:
+    """The overrides of one settings variant; the temp dir is on tmpfs unless it says disk."""
+    tmp = (workdir / f"tmp-{len(name)}") if overrides.get("SHELL_OPERATOR_TMP_DIR") == "disk" else \
+        Path(tempfile.mkdtemp(prefix="im-latency-", dir="/dev/shm"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {**overrides, "SHELL_OPERATOR_TMP_DIR": str(tmp)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its reaped children (hook processes), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_latency(pods: int = PODS, concurrency: tuple[int, ...] = CONCURRENCY,
+                    settings: bool = True) -> dict[str, Any]:
     """All phases in one run on one control plane; see the module docstring."""
     missing = missing_binaries()
     if missing:
@@ -271,11 +315,14 @@ def measure_latency(pods: int = PODS, concurrency: tuple[int, ...] = CONCURRENCY
         raise RuntimeError("missing prerequisites: " + "; ".join(problems))
     started = time.monotonic()
     result: dict[str, Any] = {"pods": pods, "concurrency": list(concurrency), "machine": machine(),
-                              "phases": []}
+                              "phases": [], "settings": []}
     with ControlPlane() as cp:
         installation = Installation(cp)
         installation.install()
-        replica = installation.start()
+        hooks = hooks_dir(cp.workdir)
+        first = next(iter(SETTINGS))
+        replica = installation.start(settings_env(cp.workdir, first, SETTINGS[first]), hooks_dir=hooks)
+        result["shipped_env"] = {k: replica.env.get(k, "") for k in ("LOG_LEVEL", "LOG_TYPE", "LOG_PROXY_HOOK_JSON")}
         baseline = start_baseline(cp, replica.state_dir)
         try:
             api = Api(cp)
@@ -286,12 +333,17 @@ def measure_latency(pods: int = PODS, concurrency: tuple[int, ...] = CONCURRENCY
                 cp.apply(imagemap("team-mirror", namespace, rules))
             wait_until(lambda: _in_snapshot(replica.state_dir, "latency-in-process"), 30,
                        "the latency namespaces in the snapshot")
+            pids = {"shell-operator + hooks": replica.operator.process.pid,
+                    "webhook server": baseline.pid,
+                    **{p.name: p.pid for p in cp.processes if p.name in ("etcd", "kube-apiserver")}}
             for phase in PHASES:  # warm-up: connections, first hook runs, caches
                 check_phase(cp, phase, api.create_pods(f"latency-{phase}",
                                                        [f"warm-{i}" for i in range(WARMUP)], 1))
             for level in concurrency:
                 for phase, (_, webhook) in PHASES.items():
-                    result["phases"].append(run_phase(api, phase, webhook, pods, level))
+                    result["phases"].append(run_phase(api, phase, webhook, pods, level, pids))
+            if settings:
+                result["settings"] = measure_settings(cp, installation, replica, hooks, api, pods)
         finally:
             baseline.stop()
         bounds = sorted(histogram(api.get("/metrics"), OURS))
@@ -301,25 +353,51 @@ def measure_latency(pods: int = PODS, concurrency: tuple[int, ...] = CONCURRENCY
     return result
 
 
+def measure_settings(cp: ControlPlane, installation: Installation, replica: Any, hooks: Path,
+                     api: Api, pods: int) -> list[dict[str, Any]]:
+    """ours and fixed at one concurrency under each shell-operator settings variant."""
+    rows = []
+    for index, (name, overrides) in enumerate(SETTINGS.items()):
+        if index:  # the first variant is the replica already running
+            replica.operator.stop()
+            installation.replicas.remove(replica)
+            replica = installation.start(settings_env(cp.workdir, name, overrides), hooks_dir=hooks)
+            wait_until(lambda r=replica: _in_snapshot(r.state_dir, "latency-ours"), 30, "the snapshot")
+            for phase in SETTINGS_PHASES:
+                api.create_pods(f"latency-{phase}", [f"s{index}-warm-{i}" for i in range(WARMUP)], 1)
+        pids = {"shell-operator + hooks": replica.operator.process.pid,
+                **{p.name: p.pid for p in cp.processes if p.name in ("etcd", "kube-apiserver")}}
+        row: dict[str, Any] = {"settings": name}
+        for phase in SETTINGS_PHASES:
+            entry = run_phase(api, phase, PHASES[phase][1], pods, SETTINGS_LEVEL, pids, prefix=f"s{index}-")
+            row[phase] = entry
+        rows.append(row)
+    return rows
+
+
 def check_phase(cp: ControlPlane, phase: str, outcome: tuple[list[float], float]) -> None:
     """The mutated phases really rewrite: one warm-up Pod as stored."""
     stored = cp.kubectl_json("get", "pod", "warm-0", "-n", f"latency-{phase}")
     image = stored["spec"]["containers"][0]["image"]
-    rewritten = phase in ("ours", "in-process")
+    rewritten = phase in ("ours", "in-process")  # fixed, baseline: allowed as they are
     if (image != IMAGES[0]) != rewritten:
         raise RuntimeError(f"phase {phase}: stored image {image} (rewrite expected: {rewritten})")
 
 
-def run_phase(api: Api, phase: str, webhook: str | None, pods: int, level: int) -> dict[str, Any]:
+def run_phase(api: Api, phase: str, webhook: str | None, pods: int, level: int,
+              pids: dict[str, int] | None = None, prefix: str = "") -> dict[str, Any]:
     namespace = f"latency-{phase}"
-    names = [f"c{level}-{i}" for i in range(pods)]
+    names = [f"{prefix}c{level}-{i}" for i in range(pods)]
     before = api.get("/metrics")
+    cpu_before = {name: cpu_seconds(pid) for name, pid in (pids or {}).items()}
     timings, wall = api.create_pods(namespace, names, level)
+    cpu = {name: (cpu_seconds(pid) - cpu_before[name]) * 1e3 / len(timings) for name, pid in (pids or {}).items()}
     after = api.get("/metrics")
     entry: dict[str, Any] = {
         "phase": phase, "concurrency": level, "webhook": webhook, "pods": len(timings),
         "wall_s": wall, "pods_per_s": len(timings) / wall,
         "client_p50_ms": exact(timings, 0.5) * 1e3, "client_p99_ms": exact(timings, 0.99) * 1e3,
+        "cpu_ms_per_pod": cpu,
     }
     if webhook:
         buckets = difference(histogram(after, webhook), histogram(before, webhook))
@@ -336,7 +414,7 @@ def ratios(phases: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for level in {p["concurrency"] for p in phases}:
         rows = {p["phase"]: p for p in phases if p["concurrency"] == level}
         base = rows["excluded"]
-        for phase in ("ours", "baseline", "in-process"):
+        for phase in ("ours", "fixed", "baseline", "in-process"):
             for q in ("p50", "p99"):
                 out.setdefault(f"{phase}/excluded", {})[f"c{level} {q}"] = \
                     rows[phase][f"client_{q}_ms"] / base[f"client_{q}_ms"]
@@ -350,71 +428,99 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _cpu(entry: dict[str, Any], *names: str) -> float:
+    return sum(entry.get("cpu_ms_per_pod", {}).get(n, 0.0) for n in names)
+
+
+def _phase(result: dict[str, Any], phase: str, level: int) -> dict[str, Any]:
+    return next(p for p in result["phases"] if p["phase"] == phase and p["concurrency"] == level)
+
+
+def goals(result: dict[str, Any]) -> dict[str, float]:
+    """Issue 12 goal 3: mutate.py against the fixed-answer Python hook, same run."""
+    top, mid = max(result["concurrency"]), 10 if 10 in result["concurrency"] else min(result["concurrency"])
+    return {"throughput": _phase(result, "ours", top)["pods_per_s"] / _phase(result, "fixed", top)["pods_per_s"],
+            "p99": _phase(result, "ours", mid)["client_p99_ms"] / _phase(result, "fixed", mid)["client_p99_ms"],
+            "top": top, "mid": mid}
+
+
 def latency_table(result: dict[str, Any]) -> str:
     """The markdown section for docs/performance.md."""
     rows = [("| concurrency | namespace | webhook p50 ms | webhook p99 ms | create p50 ms | create p99 ms "
-             "| create p50 / excluded | create p99 / excluded | Pods/s |"),
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| create p99 / excluded | Pods/s | CPU ms/Pod: shell-operator + hooks | webhook server "
+             "| kube-apiserver + etcd |"),
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for entry in result["phases"]:
-        base = next(p for p in result["phases"]
-                    if p["concurrency"] == entry["concurrency"] and p["phase"] == "excluded")
+        base = _phase(result, "excluded", entry["concurrency"])
         rows.append(
             f"| {entry['concurrency']} | {entry['phase']} | {_ms(entry.get('webhook_p50_ms'))} "
             f"| {_ms(entry.get('webhook_p99_ms'))} | {entry['client_p50_ms']:.1f} "
-            f"| {entry['client_p99_ms']:.1f} | {entry['client_p50_ms'] / base['client_p50_ms']:.2f}x "
-            f"| {entry['client_p99_ms'] / base['client_p99_ms']:.2f}x | {entry['pods_per_s']:.0f} |")
+            f"| {entry['client_p99_ms']:.1f} | {entry['client_p99_ms'] / base['client_p99_ms']:.2f}x "
+            f"| {entry['pods_per_s']:.0f} | {_cpu(entry, 'shell-operator + hooks'):.1f} "
+            f"| {_cpu(entry, 'webhook server'):.1f} | {_cpu(entry, 'kube-apiserver', 'etcd'):.1f} |")
     machine_info = result["machine"]
     buckets = ", ".join(f"{b * 1e3:g}" for b in result.get("buckets", []))
-    ours = {p["concurrency"]: p for p in result["phases"] if p["phase"] == "ours"}
-    inproc = {p["concurrency"]: p for p in result["phases"] if p["phase"] == "in-process"}
-    low = min(ours)
-    spawn = ours[low]["client_p50_ms"] - inproc[low]["client_p50_ms"]
+    g = goals(result)
+    top = g["top"]
+    ours_top, fixed_top = _phase(result, "ours", top), _phase(result, "fixed", top)
+    excl_top = _phase(result, "excluded", top)
+    per_pod = _cpu(ours_top, "shell-operator + hooks")
+    api_ours, api_excl = _cpu(ours_top, "kube-apiserver", "etcd"), _cpu(excl_top, "kube-apiserver", "etcd")
+    api_base = _cpu(_phase(result, "baseline", top), "kube-apiserver", "etcd")
+    settings_rows = ["| shell-operator settings | mutate.py Pods/s | fixed hook Pods/s | mutate.py / fixed "
+                     "| shell-operator + hooks CPU ms/Pod (mutate.py) |", "|---|---:|---:|---:|---:|"]
+    for row in result.get("settings", []):
+        settings_rows.append(
+            f"| {row['settings']} | {row['ours']['pods_per_s']:.0f} | {row['fixed']['pods_per_s']:.0f} "
+            f"| {row['ours']['pods_per_s'] / row['fixed']['pods_per_s']:.0%} "
+            f"| {_cpu(row['ours'], 'shell-operator + hooks'):.1f} |")
+    shipped = result.get("shipped_env", {})
     return f"""## End to end (kube-apiserver + shell-operator + hooks)
 
 One run, one control plane: etcd and kube-apiserver ({machine_info['kube-apiserver']}),
 shell-operator ({machine_info['shell-operator']}) running `hooks/` as the bundle's
-Deployment does, {machine_info['cores']} cores shared by all of them and by the client.
-{result['pods']} Pods (three containers, two of them rewritten where a webhook mutates)
-per phase, created over HTTPS at concurrency {", ".join(map(str, result['concurrency']))}
-after {WARMUP} warm-up Pods per namespace; {result['wall_s']:.0f} s in all. Reproduce with
-`make bench-long` (`tests/e2e/latency.py`).
+Deployment does (LOG_LEVEL `{shipped.get('LOG_LEVEL') or 'info'}`, its temp dir on tmpfs as the
+Deployment's memory-backed emptyDir), {machine_info['cores']} cores shared by all of them, by the
+client and by other work on this machine. {result['pods']} Pods (three containers, two of them
+rewritten where a webhook mutates) per phase, created over HTTPS at concurrency
+{", ".join(map(str, result['concurrency']))} after {WARMUP} warm-up Pods per namespace;
+{result['wall_s']:.0f} s in all. Reproduce with `make bench-long` (`tests/e2e/latency.py`).
 
-* **webhook** columns: kube-apiserver's own histogram
-  `{METRIC}` for the namespace's webhook (ours is `{OURS}`),
-  differenced before and after the phase. Its buckets are coarse ({buckets} ms), so the
-  quantiles are linear interpolations inside a bucket, as `histogram_quantile` does:
-  read them as "which bucket", and the client columns for precision. A quantile that
-  falls in a wide bucket (100-500 ms) can come out above the client's own figure.
-* **create** columns: the client's exact time for `POST /api/v1/namespaces/NS/pods`
-  (nearest rank), each over the same figure in the **excluded** namespace (same rules,
-  labelled `imagemapper.io/mode=disabled`, so no webhook runs) at the same concurrency.
-* **baseline**: a plain in-process Python webhook (`tests/e2e/baseline_webhook.py`,
-  `http.server` + `ssl`, a thread per connection) that answers allowed.
-  **in-process**: the same server running image-mapper's own `admission.mutate` on the
-  replica's snapshot, i.e. our logic without a process per request.
+* **ours**: image-mapper's mutate hook. **fixed**: a Python hook in the same
+  shell-operator (`tests/e2e/latencyhooks/fixed.py`, `python3 -S`, no imports, writes a
+  fixed "allowed"): the floor of any hook run this way. **excluded**: no webhook at all.
+  **baseline**: a plain in-process Python webhook (`tests/e2e/baseline_webhook.py`) that
+  answers allowed; **in-process**: the same server running image-mapper's own
+  `admission.mutate` on the replica's snapshot, i.e. our logic without a process per request.
+* **webhook** columns: kube-apiserver's own histogram `{METRIC}` (buckets {buckets} ms,
+  interpolated as `histogram_quantile` does; read them as "which bucket"). **create**
+  columns: the client's exact time for `POST /api/v1/namespaces/NS/pods` (nearest rank).
+* **CPU ms/Pod**: user + system time from `/proc/PID/stat` over the phase, divided by the
+  Pods; shell-operator's figure includes its hook processes (reaped children).
 
 {chr(10).join(rows)}
 
-**What the process-per-request model costs.** shell-operator answers each AdmissionReview
-by writing the binding context to a temporary file, starting the hook as a new process
-(`python3 -S`, which imports the hot-path modules and reads two snapshot files), and
-reading the response file back. At concurrency {low} that costs about {spawn:.0f} ms per Pod
-over the same logic served in-process (create p50 {ours[low]['client_p50_ms']:.1f} ms against
-{inproc[low]['client_p50_ms']:.1f} ms). Under load the hook processes compete for the same
-cores as kube-apiserver and etcd: admission throughput levels off at about
-{max(p['pods_per_s'] for p in ours.values()):.0f} Pods/s here, against
-{max(p['pods_per_s'] for p in inproc.values()):.0f} Pods/s in-process, and the queueing
-shows in the p99 columns. Removing it
-takes a long-lived process that serves admission itself: either a small webhook server
-in the image next to shell-operator (the in-process row is exactly that, with
-shell-operator kept for the sync hook, TLS material and registration), or a
-shell-operator feature for persistent hook processes, which v1.20 does not have. A Go
-hook (deckhouse module-sdk) would also remove the interpreter start, at the price of
-rewriting the hooks.
+**Goal 3 (issue 12).** At concurrency {top}, mutate.py admits {ours_top['pods_per_s']:.0f} Pods/s against
+{fixed_top['pods_per_s']:.0f} for the fixed-answer hook: **{g['throughput']:.0%}** (goal >= 90%). Create p99 at
+concurrency {g['mid']}: **{g['p99']:.2f}x** the fixed hook's (goal <= 1.2x).
+
+**Capacity per core, shell-operator counted.** shell-operator and the hook processes used
+{per_pod:.1f} ms of CPU per Pod at concurrency {top}, so one core admits about
+**{1000 / per_pod if per_pod else 0:.0f} Pods/s**. Replicas scale it linearly (each serves
+the admissions the Service sends it, with its own snapshot); the API server and etcd
+then become the limit.
+
+**What a slow webhook costs the API server.** kube-apiserver + etcd used
+{api_ours:.1f} ms of CPU per Pod with our webhook, {api_base:.1f} ms with the in-process baseline webhook
+and {api_excl:.1f} ms with none, at concurrency {top}. The webhook call itself (TLS, the
+AdmissionReview encode/decode, applying the patch) is the baseline's extra; what exceeds it
+grows with the time a request is held open: at high concurrency a slower webhook keeps more
+requests in flight at once (timeouts, watch-cache and priority-and-fairness bookkeeping,
+more goroutines scheduled), and the API server's own CPU per Pod rises with it. Shorter
+webhook latency is what shrinks it; see the scale-out notes.
+
+Settings, measured in the same run at concurrency {SETTINGS_LEVEL} (one replica restarted per
+variant, so these rows do not share a moment; compare each row's two Pods/s columns):
+
+{chr(10).join(settings_rows)}
 """
-
-
-if __name__ == "__main__":
-    figures = measure_latency()
-    print(json.dumps(figures, indent=1, default=str))
-    print(latency_table(figures))
