@@ -52,7 +52,7 @@ def _stand_ins() -> dict[str, Any]:
     package, decoder = type(sys)("json"), type(sys)(DECODER)
     decoder.JSONDecodeError = JSONDecodeError  # type: ignore[attr-defined]
     package.decoder = decoder  # type: ignore[attr-defined]
-    package.__path__ = []  # type: ignore[attr-defined]  # a package, with nothing to find in it
+    package.__path__ = []  # a package, with nothing to find in it
     return {"json": package, DECODER: decoder}
 
 

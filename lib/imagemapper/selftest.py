@@ -42,8 +42,8 @@ print(bad, ok, "json" in sys.modules, "re" in sys.modules)
 
 
 def main() -> int:
-    out = subprocess.run([sys.executable, "-S", "-c", PROBE], input="\0".join(BAD) + "\1" + "\0".join(DEEP), capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run([sys.executable, "-S", "-c", PROBE], input="\0".join(BAD) + "\1" + "\0".join(DEEP),
+                         capture_output=True, text=True, check=False)
     if out.stdout.split() != ["0", "True", "False", "False"]:
         sys.stderr.write(f"imagemapper.selftest failed on Python {sys.version.split()[0]}: "
                          f"{out.stdout.strip()} {out.stderr.strip()}\n")
