@@ -21,7 +21,7 @@ DIR = "counters"
 BINDING = "counters"  # the sync hook's schedule binding that exports the totals
 EXPORT_EVERY = "@every 10s"
 WIDTH = 20  # digits; the file is rewritten in place and never changes length
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")  # no ".": never "." or ".."
 
 
 def _escape(value: str) -> str:
