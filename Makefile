@@ -43,7 +43,13 @@ standin-base: e2e-binaries  ## the local stand-in for the image's base (docs/ins
 e2e: e2e-binaries  ## the whole system on a real kube-apiserver + shell-operator
 	$(PYTHON) -m pytest -q -m e2e tests/e2e
 
-demo: e2e-binaries  ## local control plane, bundle, sample rules, before -> after (KEEP=1 keeps it)
+demo: standin-base  ## one-node cluster, image-mapper from its image, sample rules + app Running (KEEP=1 keeps it)
+	$(PYTHON) tests/e2e/realdemo.py
+
+demo-down:  ## take down a cluster left by `make demo KEEP=1`, by PID
+	$(PYTHON) tests/e2e/realdemo.py --stop
+
+demo-control-plane: e2e-binaries  ## the older demo: control plane only, admission before -> after
 	$(PYTHON) tests/e2e/demo.py
 
 bench:  ## benchmarks (ratios from one run); writes docs/performance.md
