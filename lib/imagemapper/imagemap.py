@@ -30,6 +30,7 @@ from imagemapper.reference import (
     valid_domain,
     valid_path,
 )
+from imagemapper.rules import empty_targets
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -432,7 +433,7 @@ def compile_accepted(verdicts: dict[str, Verdict]) -> tuple[ImageMapLayer | None
     exact: dict[str, Hit] = {}
     repo: dict[str, Hit] = {}
     prefix: dict[str, Hit] = {}
-    targets: Targets = {"exact": {}, "repo": {}, "prefix": {}, "strprefix": {}}
+    targets = empty_targets()
     tables = {EXACT: exact, REPO: repo, PREFIX: prefix}
     for name in sorted(verdicts):
         for entry in verdicts[name].entries:

@@ -53,6 +53,7 @@ from imagemapper.reference import (
     valid_path,
 )
 from imagemapper.reference import parse as parse_reference
+from imagemapper.rules import TARGET_KINDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -360,7 +361,7 @@ def _warn_shadowed(entries: list[MapLine], diags: list[Diagnostic]) -> None:
 
 def _targets(layer: MapFileLayer) -> CompiledTargets:
     """Every place a rule of ``layer`` can send an image (for the idempotence guard)."""
-    out: dict[str, set[str]] = {"exact": set(), "repo": set(), "prefix": set(), "strprefix": set()}
+    out: dict[str, set[str]] = {kind: set() for kind in TARGET_KINDS}
     for value, _ in layer.get("exact", {}).values():
         if value:
             out["exact"].add(str(parse_reference(value)))

@@ -46,8 +46,12 @@ class Decision:
         return f"Decision({self.image!r} -> {self.new!r}, {self.rule!r})"
 
 
+# The kinds of target (see under_targets); every layer's compiler fills these.
+TARGET_KINDS = ("exact", "repo", "prefix", "strprefix")
+
+
 def empty_targets() -> Targets:
-    return {"exact": {}, "repo": {}, "prefix": {}, "strprefix": {}}
+    return {kind: {} for kind in TARGET_KINDS}
 
 
 def merge_targets(*many: Mapping[str, Iterable[str]]) -> Targets:
