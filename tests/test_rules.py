@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from imagemapper import compiler, rules
 from imagemapper.compiler import MapFileInput
 from imagemapper.imagemap import MapInput
-from imagemapper.reference import is_valid
+from imagemapper.reference import is_valid, parse
 
 
 def docs(ns_maps=(), ns_files=(), cluster_files=(), namespace="shop"):
@@ -57,6 +57,39 @@ def test_guard_keeps_rewritten_images_and_images_already_at_a_target():
     assert "already under target" in decision.rule
 
 
+def test_identity_rules_guard_nothing():
+    """Issue 11.2: a no-op cluster line used to turn off every namespace's Docker Hub rules."""
+    ns_doc, cluster_doc = docs([MapInput("shop", "m", "", 1, [{"from": "nginx", "to": "team.corp/nginx"},
+                                                             {"from": "quay.io/a", "to": "quay.io/a"}])],
+                               [], ["default::\nindex.docker.io::docker.io"])
+    assert f("nginx:1", ns_doc, cluster_doc) == "team.corp/nginx:1"
+    assert f("docker.io/library/redis:7", ns_doc, cluster_doc) == "docker.io/library/redis:7"  # same image
+    assert cluster_doc["targets"]["prefix"] == {} and ns_doc["targets"]["repo"] == {"team.corp/nginx": 1}
+
+
+def test_a_target_guards_only_endpoints_its_rule_can_produce():
+    """A port is another registry unless the rule keeps the image's port (a bare registry value)."""
+    ns_map = [MapInput("shop", "m", "", 1, [{"from": "registry.corp:5000/*", "to": "ns.corp/*"}])]
+    ns_doc, cluster_doc = docs(ns_map, [], ["default::\nquay.io::registry.corp/quay"])
+    assert f("registry.corp:5000/quay/x:1", ns_doc, cluster_doc) == "ns.corp/quay/x:1"
+    assert f("registry.corp/quay/x:1", ns_doc, cluster_doc) == "registry.corp/quay/x:1"
+    # quay.io::registry.corp keeps the port: quay.io:5000/x becomes registry.corp:5000/x, so
+    # that endpoint is guarded (a chain across layers; idempotence wins)
+    ns_doc, cluster_doc = docs(ns_map, [], ["default::\nquay.io::registry.corp"])
+    assert f("quay.io:5000/x:1", ns_doc, cluster_doc) == "registry.corp:5000/x:1"
+    assert f("registry.corp:5000/x:1", ns_doc, cluster_doc) == "registry.corp:5000/x:1"
+
+
+def test_a_rewrite_never_gives_an_invalid_reference():
+    """Issue 11.3: an ImageMap prefix rule could make a repository path over 255 characters."""
+    long = "a" * 200
+    ns_doc, cluster_doc = docs([MapInput("shop", "m", "", 1, [{"from": "quay.io/*", "to": f"r.corp/{long}/*"}])])
+    image = "quay.io/" + "b" * 60 + "/x:1"
+    decision = rules.decide(image, ns_doc, cluster_doc)
+    assert not decision.changed and "not a valid reference" in decision.warning
+    assert f("quay.io/short:1", ns_doc, cluster_doc) == f"r.corp/{long}/short:1"
+
+
 def test_invalid_images_are_reported_not_rewritten():
     ns_doc, cluster_doc = docs([], [], ["default::cluster.corp"])
     for image in ["", " ", "upper/Case", "a//b", "nginx:", "x" * 300]:
@@ -102,7 +135,8 @@ def map_lines(draw):
                                 "docker.io/library", "quay.io/org", "registry.corp", "noswap_wildcards",
                                 "[EXACT]nginx:1.25", "[REPLACE]*app*"]))
     value = draw(st.sampled_from(["", "mirror.corp", "mirror.corp/hub", "mirror.corp/x-", "team",
-                                  "registry.corp:8443/m", "quay.io/mirror", "org,corp", "gcr.io/x/y:1"]))
+                                  "registry.corp:8443/m", "quay.io/mirror", "org,corp", "gcr.io/x/y:1",
+                                  "docker.io", "quay.io", "registry.corp"]))
     return f"{key}::{value}"
 
 
@@ -128,6 +162,21 @@ def test_idempotence(rule_set, image):
     ns_doc, cluster_doc = compiled(rule_set)
     once = f(image, ns_doc, cluster_doc)
     assert f(once, ns_doc, cluster_doc) == once
+
+
+@FAST
+@given(rule_sets, images)
+def test_namespace_first_whenever_idempotence_allows(rule_set, image):
+    """A namespace rule that would rewrite an image loses only to the idempotence guard of
+    a cluster target the image lies under (a chain across layers), never otherwise."""
+    ns_doc, cluster_doc = compiled(rule_set)
+    alone = rules.decide(image, ns_doc, None)
+    if not alone.changed:
+        return
+    decision = rules.decide(image, ns_doc, cluster_doc)
+    if decision.new != alone.new:
+        assert decision.source == "cluster" and "already under target" in decision.rule
+        assert rules.under_targets(parse(image), cluster_doc["targets"]) is not None
 
 
 @FAST

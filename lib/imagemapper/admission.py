@@ -78,6 +78,8 @@ def _mutate(request: Payload, obj: Payload, docs: tuple[NamespaceDoc | None, Clu
         if decision.error:
             warnings.append(f"{field.key}: image {field.image!r} is not a valid reference "
                             f"({decision.error}); left unchanged")
+        elif decision.warning:
+            warnings.append(f"{field.key}: {decision.warning}")
         elif decision.changed and decision.new is not None:
             changes.append((field, decision.new))
             if rewrites is not None:

@@ -439,8 +439,8 @@ def compile_accepted(verdicts: dict[str, Verdict]) -> tuple[ImageMapLayer | None
         for entry in verdicts[name].entries:
             rule = f"imagemap {name} {entry.label()}: {entry.raw_from} -> {entry.raw_to or '(excluded)'}"
             tables[entry.kind].setdefault(entry.key, [entry.to, rule])
-            if entry.to_range is not None:
-                kind, key, _ = entry.to_range
+            if entry.to_range is not None and entry.to_range != entry.from_range:
+                kind, key, _ = entry.to_range  # an identity guards nothing: f(x) = x already
                 targets[kind][key] = 1
     if not (exact or repo or prefix):
         return None, targets

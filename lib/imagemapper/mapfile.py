@@ -371,7 +371,8 @@ def _targets(layer: MapFileLayer) -> CompiledTargets:
     if DEFAULT in layer:
         _value_targets(layer[DEFAULT][0], None, out)
         for key, (value, _) in layer.get("keys", {}).items():
-            _value_targets(value, key, out)
+            if not _identity(key, value):
+                _value_targets(value, key, out)
     return {kind: sorted(names) for kind, names in out.items()}
 
 
@@ -396,6 +397,15 @@ def _value_targets(value: str, key: str | None, out: dict[str, set[str]]) -> Non
         name = parse_reference(value).name  # an image named exactly like the key
         if name != prefix:  # docker.io/x is docker.io/library/x as a repository
             out["repo"].add(name)
+
+
+def _identity(key: str, value: str) -> bool:
+    """A line that sends images where they are (``index.docker.io::docker.io``): its
+    target guards nothing, since such a rule cannot move an image."""
+    try:
+        return bool(value) and not value.endswith("-") and _prefix_of(key) == _prefix_of(value)
+    except ValueError:
+        return False
 
 
 def _prefix_of(value: str) -> str:

@@ -136,6 +136,14 @@ def _add(plan: Plan, use: Use, decide: Decide, skipped: Skipped | None = None) -
     if decision.error:
         plan.errors.append(f"{use.where}: {decision.error}")
         return
+    new = decision.new or decision.rejected
+    if decision.rejected:
+        try:
+            parse(decision.rejected)
+        except InvalidReference as exc:
+            plan.errors.append(f"{use.where}: {use.image} -> {new}: destination is {exc} "
+                               f"(registry {new.partition('/')[0]}; rule {decision.rule})")
+        return
     if not decision.changed or decision.new is None:
         key = (str(parse(use.image)) if is_valid(use.image) else use.image, decision.rule)
         entry = plan.unchanged.setdefault(key, {"image": key[0], "reason": decision.rule,

@@ -12,7 +12,7 @@ each lookup module only when a layer of its kind applies to the Pod's namespace.
 
 from __future__ import annotations
 
-from imagemapper.reference import InvalidReference, Reference, name_prefixes, parse, split_port
+from imagemapper.reference import InvalidReference, Reference, name_prefixes, parse
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,16 +27,18 @@ if TYPE_CHECKING:
 class Decision:
     """What happened to one image, for the patch, the log line and ``--explain``."""
 
-    __slots__ = ("error", "image", "new", "rule", "source")
+    __slots__ = ("error", "image", "new", "rejected", "rule", "source", "warning")
 
     def __init__(self, image: str, new: str | None = None, rule: str = "",
-                 source: str = "", error: str = ""):
+                 source: str = "", error: str = "", warning: str = ""):
         self.image = image    # the image as written in the Pod
         self.new = new        # the replacement, or None when the image stays
         self.rule = rule      # the rule that decided, or why nothing did
         self.source = source  # the layer that decided: "namespace-imagemap", "namespace-mapfile",
         #                       "cluster-mapfile"; the guard's "namespace"/"cluster"; or ""
         self.error = error    # set when the image is not a valid reference
+        self.warning = warning  # set when the rule that matched would give an invalid reference
+        self.rejected = ""      # ... and that reference
 
     @property
     def changed(self) -> bool:
@@ -66,8 +68,9 @@ def merge_targets(*many: Mapping[str, Iterable[str]]) -> Targets:
 def under_targets(ref: Reference, targets: Targets | None) -> str | None:
     """Return the target an image already lies under, or None.
 
-    Prefix targets match on path-component boundaries, and a registry target also
-    covers the same host with any port (a map-file rule may keep the image's port).
+    Prefix targets match on path-component boundaries and name one endpoint: a port
+    is another registry. A map-file rule that keeps the image's port (a registry
+    value) has its own ``registry:`` string-prefix target.
     """
     if not targets:
         return None
@@ -78,14 +81,9 @@ def under_targets(ref: Reference, targets: Targets | None) -> str | None:
         return name
     prefixes = targets["prefix"]
     if prefixes:
-        names = [name]
-        host, port = split_port(ref.domain)
-        if port:
-            names.append(host + name[len(ref.domain):])
-        for candidate in names:
-            for prefix in name_prefixes(candidate):
-                if prefix in prefixes:
-                    return prefix
+        for prefix in name_prefixes(name):
+            if prefix in prefixes:
+                return prefix
     strprefixes = targets["strprefix"]
     if strprefixes:
         for end in range(len(name), 0, -1):
@@ -130,6 +128,23 @@ def decide(image: str, ns_doc: NamespaceDoc | None, cluster_doc: ClusterDoc | No
     for source, lookup, layer in _layers(ns_doc, cluster_doc):
         found = lookup(layer, ref, image)
         if found is not None:
-            new, rule = found
-            return Decision(image, new=new, rule=rule, source=source)
+            return _checked(image, ref, found, source)
     return Decision(image, rule="no rule matches")
+
+
+def _checked(image: str, ref: Reference, found: tuple[str | None, str], source: str) -> Decision:
+    """A rewrite is handed out only as a valid reference to another image: a prefix rule
+    can make a repository path longer than 255 characters, which the kubelet refuses."""
+    new, rule = found
+    if new is None or new == image:
+        return Decision(image, new=new, rule=rule, source=source)
+    try:
+        same = str(parse(new)) == str(ref)
+    except InvalidReference as exc:
+        decision = Decision(image, rule=rule, source=source, warning=(
+            f"{rule} would give {new!r}, which is not a valid reference ({exc}); left unchanged"))
+        decision.rejected = new
+        return decision
+    if same:  # another spelling of the same image (an identity rule): nothing to change
+        return Decision(image, rule=f"{rule} (the same image)", source=source)
+    return Decision(image, new=new, rule=rule, source=source)
