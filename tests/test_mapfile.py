@@ -438,7 +438,9 @@ def test_lookup_results_are_valid_and_under_targets(files, imgs):
         assert isinstance(rule, str) and " line " in rule
         if new is not None:
             parse_ref(new)
-            assert under_targets(new, targets), (new, targets)
+            # an identity line (docker.io/library::library) has no target: it moves nothing
+            same = str(parse_ref(new)) == str(parse_ref(image))
+            assert same or under_targets(new, targets), (new, targets)
 
 
 @settings(max_examples=200, deadline=None)
