@@ -229,8 +229,7 @@ def test_operator_rbac_is_sufficient_and_least(image_mapper: Operators) -> None:
         ("list", "configmaps", "-A"),
         ("watch", "configmaps", "-A"),
         ("create", "events", "-n", "default"),
-        ("list", "mutatingwebhookconfigurations"),
-        ("create", "mutatingwebhookconfigurations"),
+        ("list", f"mutatingwebhookconfigurations/{CONFIGURATION}"),
         ("update", f"mutatingwebhookconfigurations/{CONFIGURATION}"),
         ("patch", f"mutatingwebhookconfigurations/{CONFIGURATION}"),
         ("update", f"validatingwebhookconfigurations/{CONFIGURATION}"),
@@ -247,6 +246,11 @@ def test_operator_rbac_is_sufficient_and_least(image_mapper: Operators) -> None:
         ("update", "imagemaps.imagemapper.io", "-n", "default"),
         ("delete", "imagemaps.imagemapper.io", "-n", "default"),
         ("delete", f"mutatingwebhookconfigurations/{CONFIGURATION}"),
+        # The placeholders make create unnecessary, and no other configuration is listed.
+        ("create", "mutatingwebhookconfigurations"),
+        ("create", "validatingwebhookconfigurations"),
+        ("list", "mutatingwebhookconfigurations"),
+        ("get", "validatingwebhookconfigurations/some-other-webhook"),
         ("patch", "mutatingwebhookconfigurations/some-other-webhook"),
         ("patch", "validatingwebhookconfigurations/some-other-webhook"),
         # update is patch by another name: another product's webhooks are off limits.
