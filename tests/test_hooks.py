@@ -129,7 +129,9 @@ def test_exactly_three_hooks_with_valid_configs(state):
                                             ("IMAGE_MAPPER_STATE_DIR", "relative/dir"),
                                             ("IMAGE_MAPPER_MAP_NAMESPACE", "Not_A_Namespace"),
                                             ("IMAGE_MAPPER_EXCLUDE_NAMESPACES", "ingress,Not_A_Namespace"),
-                                            ("IMAGE_MAPPER_MAX_ADMISSIONS", "0")])
+                                            ("IMAGE_MAPPER_MAX_ADMISSIONS", "0"),
+                                            ("IMAGE_MAPPER_NAMESPACE_MAP_FILES", "sometimes"),
+                                            ("IMAGE_MAPPER_ALLOWED_TARGETS", "ok.corp,Bad Prefix")])
 def test_bad_setting_fails_config_naming_the_variable(state, variable, value):
     for name in ("mutate.py", "validate.py", "sync.py"):
         with pytest.raises(Exception) as err:
@@ -492,6 +494,65 @@ def test_map_file_diagnostics_are_logged_when_they_appear(synced):
     logged = [line for r in runs for line in (r.stdout + r.stderr).splitlines() if "map file line" in line]
     assert len(logged) == 1 and "line 301" in logged[0]
     assert any(e["reason"] == "InvalidMapLines" for e in cluster.list("Event", "team2"))
+
+
+def test_namespace_map_files_can_be_turned_off(state):
+    """Issue 11.12: IMAGE_MAPPER_NAMESPACE_MAP_FILES=disabled. The ConfigMap watch narrows to
+    the operator's namespace, namespace map files have no effect, and new ones are refused."""
+    env = make_env(state, IMAGE_MAPPER_NAMESPACE_MAP_FILES="disabled")
+    binding = load_config(hook("sync.py"), env).kube("mapfiles")
+    assert binding.namespace == {"nameSelector": {"matchNames": [OPNS]}}
+    cluster = Cluster([mapfile("cluster-map", "default::\ndocker.io::mirror.corp/hub\n"),
+                       mapfile("shop-map", "default::\ndocker.io::shop.corp/hub\n", ns="shop"),
+                       webhook_configuration()])
+    operator = Operator(hook("sync.py"), cluster=cluster, env=env)
+    operator.start()
+    assert all(r.ok for r in operator.drain())
+    obj = pod({"web": "nginx:1.25"})
+    result = run_hook(hook("mutate.py"), [{"binding": MUTATE, "type": "Mutating",
+                                           "review": {"request": pod_request(obj)}}], env)
+    assert images_of(apply_admission(result.admission, obj)) == ["mirror.corp/hub/nginx:1.25"]
+    validator = Operator(hook("validate.py"), cluster=cluster, env=env)
+    new = validator.admit("mapfiles.validate.imagemapper.io",
+                          validation_request(mapfile("more", "default::\n", ns="shop"))).admission
+    assert new["allowed"] is False and "IMAGE_MAPPER_NAMESPACE_MAP_FILES=disabled" in new["status"]["message"]
+    assert validator.admit("mapfiles.validate.imagemapper.io",
+                           validation_request(mapfile("more", "default::\n"))).admission["allowed"] is True
+
+
+def test_allowed_targets_limit_namespace_rules(state):
+    """Issue 11.12: IMAGE_MAPPER_ALLOWED_TARGETS. Namespace rules that send images elsewhere
+    are refused at apply time; one that got in is reported and contributes nothing."""
+    env = make_env(state, IMAGE_MAPPER_ALLOWED_TARGETS="registry.corp, mirror.corp/approved")
+    cluster = Cluster([
+        imagemap("good", [{"from": "nginx", "to": "registry.corp/hub/nginx"}]),
+        imagemap("evil", [{"from": "redis", "to": "evil.example/redis"}], ns="shop", created="2024-02-01T00:00:00Z"),
+        mapfile("shop-map", "default::\ngcr.io::evil.example/gcr\n", ns="shop"),
+        mapfile("cluster-map", "default::\nquay.io::anywhere.corp/quay\n"),  # the admin's own
+        webhook_configuration()])
+    operator = Operator(hook("sync.py"), cluster=cluster, env=env)
+    operator.start()
+    assert all(r.ok for r in operator.drain())
+    cond = ready(cluster, "evil")
+    assert (cond["status"], cond["reason"]) == ("False", "Invalid") and "ALLOWED_TARGETS" in cond["message"]
+    assert ready(cluster, "good")["reason"] == "Accepted"
+    assert any(e["reason"] == "TargetNotAllowed" or "not under" in e["message"]
+               for e in cluster.list("Event", "shop") if e["involvedObject"]["kind"] == "ConfigMap")
+    obj = pod({"a": "nginx:1", "b": "redis:7", "c": "gcr.io/x/y:1", "d": "quay.io/q/r:1"})
+    result = run_hook(hook("mutate.py"), [{"binding": MUTATE, "type": "Mutating",
+                                           "review": {"request": pod_request(obj)}}], env)
+    assert images_of(apply_admission(result.admission, obj)) == [
+        "registry.corp/hub/nginx:1", "redis:7", "gcr.io/x/y:1", "anywhere.corp/quay/q/r:1"]
+    validator = Operator(hook("validate.py"), cluster=cluster, env=env)
+    denied = validator.admit("imagemaps.validate.imagemapper.io", validation_request(
+        imagemap("new", [{"from": "busybox", "to": "evil.example/busybox"}]))).admission
+    assert denied["allowed"] is False and "spec.map[0]" in denied["status"]["message"]
+    ok = validator.admit("imagemaps.validate.imagemapper.io", validation_request(
+        imagemap("new", [{"from": "busybox", "to": "mirror.corp/approved/busybox"}]))).admission
+    assert ok["allowed"] is True
+    denied = validator.admit("mapfiles.validate.imagemapper.io", validation_request(
+        mapfile("more", "default::\ndocker.io::evil.example\n", ns="shop"))).admission
+    assert denied["allowed"] is False and "evil.example" in denied["status"]["message"]
 
 
 # ----------------------------------------------------------------------------- validate

@@ -113,7 +113,7 @@ def validate(request: Payload, settings: Settings) -> AdmissionResponse:
     if kind == "ImageMap":
         return _validate_imagemap(request, obj, settings)
     if kind == "ConfigMap":
-        return _validate_mapfile(request, obj)
+        return _validate_mapfile(request, obj, settings)
     return protocol.allow()
 
 
@@ -129,6 +129,12 @@ def _validate_imagemap(request: Payload, obj: Payload, settings: Settings) -> Ad
     _, error = validate_entries(candidate)
     if error:
         return protocol.deny(f"{where} is invalid: {error}")
+    if settings.allowed_targets:
+        from imagemapper.allowlist import imagemap_violations
+
+        outside = imagemap_violations(candidate.items, settings.allowed_targets)
+        if outside:
+            return protocol.deny(f"{where} is invalid: {'; '.join(outside)}")
     try:
         snapshot.open_snapshot(settings.state_dir).close()  # no snapshot yet: cannot judge
         accepted = snapshot.load_accepted(settings.state_dir, candidate.namespace)
@@ -159,7 +165,7 @@ def _error_lines(text: str) -> set:
             if d.severity == "error" and 0 < d.line <= len(lines)}
 
 
-def _validate_mapfile(request: Payload, obj: Payload) -> AdmissionResponse:
+def _validate_mapfile(request: Payload, obj: Payload, settings: Settings) -> AdmissionResponse:
     """Deny only what the request makes worse: error lines it adds to a map file.
 
     Removing the label, metadata changes (annotations, finalizers) and keys left as
@@ -174,7 +180,21 @@ def _validate_mapfile(request: Payload, obj: Payload) -> AdmissionResponse:
         return protocol.allow()
     cm = MapFileInput.from_object(obj)
     old = request.get("oldObject")
+    if settings.namespace_map_files == "disabled" and cm.namespace != settings.map_namespace:
+        where = f"ConfigMap {cm.namespace}/{cm.name}"
+        if is_map_file(old):  # it was there before the setting: never block its removal
+            return protocol.allow([f"namespace map files are turned off; {where} is ignored"])
+        return protocol.deny(f"{where}: namespace map files are turned off "
+                             "(IMAGE_MAPPER_NAMESPACE_MAP_FILES=disabled); put rules in an ImageMap, "
+                             f"or ask a cluster admin for a map file in {settings.map_namespace}")
     old_data = MapFileInput.from_object(old).data if is_map_file(old) else {}
+    if settings.allowed_targets and cm.namespace != settings.map_namespace and cm.data != old_data:
+        from imagemapper.allowlist import mapfile_violations
+        from imagemapper.mapfile import compile_files
+
+        outside = mapfile_violations(compile_files(cm.files())[1], settings.allowed_targets)
+        if outside:
+            return protocol.deny(f"ConfigMap {cm.namespace}/{cm.name}: {'; '.join(outside[:5])}")
     errors, warnings = [], []
     for (source, text), key in zip(cm.files(), sorted(cm.data)):
         before = _error_lines(old_data[key]) if key in old_data else set()

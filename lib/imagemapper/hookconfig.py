@@ -122,6 +122,9 @@ def sync_config(settings: Settings) -> dict:
              "nameSelector": {"matchNames": [settings.webhook_configuration]},
              "keepFullObjectsInMemory": False, "group": SYNC_GROUP, "jqFilter": WEBHOOK_FILTER},
     ]
+    if settings.namespace_map_files == "disabled":
+        # Only cluster-wide map files count: watch ConfigMaps in that one namespace.
+        bindings[1]["namespace"] = {"nameSelector": {"matchNames": [settings.map_namespace]}}
     return {"configVersion": "v1",
             "kubernetes": [{**binding, "allowFailure": True} for binding in bindings],
             # The admission counters' one writer, in its own queue so that it never waits

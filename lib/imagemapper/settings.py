@@ -25,11 +25,13 @@ class Settings:
     """Validated configuration, with the defaults the README's settings table lists."""
 
     __slots__ = (
+        "allowed_targets",
         "configuration_name",
         "excluded_namespaces",
         "failure_policy",
         "map_namespace",
         "max_admissions",
+        "namespace_map_files",
         "namespace_mode",
         "operator_namespace",
         "state_dir",
@@ -40,7 +42,8 @@ class Settings:
                  timeout_seconds: int = 10, operator_namespace: str = "",
                  map_namespace: str = "", state_dir: str = DEFAULT_STATE_DIR,
                  configuration_name: str = DEFAULT_CONFIGURATION_NAME,
-                 excluded_namespaces: tuple[str, ...] = (), max_admissions: int = 8):
+                 excluded_namespaces: tuple[str, ...] = (), max_admissions: int = 8,
+                 namespace_map_files: str = "enabled", allowed_targets: frozenset[str] = frozenset()):
         self.namespace_mode = namespace_mode
         self.failure_policy = failure_policy
         self.timeout_seconds = timeout_seconds
@@ -50,6 +53,8 @@ class Settings:
         self.configuration_name = configuration_name
         self.excluded_namespaces = tuple(excluded_namespaces)
         self.max_admissions = max_admissions  # admission hooks a replica runs at once
+        self.namespace_map_files = namespace_map_files  # "disabled": only cluster-wide map files
+        self.allowed_targets = allowed_targets  # where namespace rules may send images; empty: anywhere
 
     @property
     def never_mutated(self) -> list[str]:
@@ -79,6 +84,23 @@ def _timeout(env: dict) -> int:
         raise SettingsError(f"IMAGE_MAPPER_TIMEOUT_SECONDS={value} is out of range; "
                             "the API server allows 1 to 30")
     return value
+
+
+def _allowed_targets(env: dict) -> frozenset[str]:
+    if not (env.get("IMAGE_MAPPER_ALLOWED_TARGETS", "") or "").strip():
+        return frozenset()  # the usual case: nothing more to import on the hot path
+    from imagemapper.allowlist import normalize
+    from imagemapper.reference import is_valid
+
+    out = set()
+    for raw in (env.get("IMAGE_MAPPER_ALLOWED_TARGETS", "") or "").split(","):
+        if raw.strip():
+            prefix = normalize(raw)
+            if not is_valid(prefix + "/x"):
+                raise SettingsError(f"IMAGE_MAPPER_ALLOWED_TARGETS: {raw.strip()!r} is not a registry "
+                                    "or registry/path prefix")
+            out.add(prefix)
+    return frozenset(out)
 
 
 def _max_admissions(env: dict) -> int:
@@ -131,4 +153,7 @@ def from_env(env: dict | None = None, require_namespace: bool = True) -> Setting
         or DEFAULT_CONFIGURATION_NAME,
         excluded_namespaces=_namespace_list(env, EXCLUDE_NAMESPACES),
         max_admissions=_max_admissions(env),
+        namespace_map_files=_choice(env, "IMAGE_MAPPER_NAMESPACE_MAP_FILES", "enabled",
+                                    ("enabled", "disabled")),
+        allowed_targets=_allowed_targets(env),
     )

@@ -116,12 +116,15 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
         return out
     changed = state.changed()
     maps = _imagemaps(state, state.all_namespaces() if changed is None else sorted(changed))
-    cm_items = [(m, _deleting(i)) for i in state.mapfiles if (m := _mapfile_of(i))]
-    mapfiles = [m for m, _ in cm_items]
-    result = compiler.build(settings.state_dir, [m[0] for m in maps], mapfiles,
+    cm_items = [(m, _deleting(i)) for i in state.mapfiles if (m := _mapfile_of(i))
+                and (settings.namespace_map_files == "enabled" or m.namespace == settings.map_namespace)]
+    gate = _TargetGate(settings)
+    mapfiles = [m for m, _ in cm_items if gate.mapfile(m)]
+    result = compiler.build(settings.state_dir, [m[0] for m in maps if gate.imagemap(m[0])], mapfiles,
                             settings.map_namespace, changed=changed,
-                            inputs_of=lambda ns: [m[0] for m in _imagemaps(state, [ns])])
+                            inputs_of=lambda ns: [m[0] for m in _imagemaps(state, [ns]) if gate.imagemap(m[0])])
     state.save(built=True)
+    gate.report(result)
     out.result = result
     for imap, status, uid, deleting in maps:
         verdict = result.verdicts.get((imap.namespace, imap.name))
@@ -140,6 +143,47 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
                      "namespace_rules": result.rules["namespace"],
                      "cluster_rules": result.rules["cluster"]})
     return out
+
+
+class _TargetGate:
+    """IMAGE_MAPPER_ALLOWED_TARGETS in the sync hook: a namespace rule outside it keeps its
+    whole ImageMap or ConfigMap out of the snapshot, and the reason goes to its status
+    (``Invalid``) or to its diagnostics (Event, log, metric)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.allowed = settings.allowed_targets
+        self.map_namespace = settings.map_namespace
+        self.maps: dict[tuple[str, str], str] = {}
+        self.files: dict[tuple[str, str], list[str]] = {}
+
+    def imagemap(self, imap: MapInput) -> bool:
+        if not self.allowed:
+            return True
+        from imagemapper import allowlist
+
+        bad = allowlist.imagemap_violations(imap.items, self.allowed)
+        if bad:
+            self.maps[(imap.namespace, imap.name)] = "; ".join(bad)
+        return not bad
+
+    def mapfile(self, cm: compiler.MapFileInput) -> bool:
+        if not self.allowed or cm.namespace == self.map_namespace:
+            return True
+        from imagemapper import allowlist, mapfile
+
+        bad = allowlist.mapfile_violations(mapfile.compile_files(cm.files())[1], self.allowed)
+        if bad:
+            self.files[(cm.namespace, cm.name)] = [f"configmap {cm.namespace}/{cm.name}: {b}; "
+                                                   "the whole ConfigMap is ignored" for b in bad]
+        return not bad
+
+    def report(self, result: compiler.Result) -> None:
+        for key, message in self.maps.items():
+            result.verdicts[key] = {"reason": "Invalid", "message": message, "rules": 0}
+        for key, texts in self.files.items():
+            result.diagnostics[key] = [*result.diagnostics.get(key, []), *(
+                {"source": key[1], "line": 0, "severity": "error", "message": t, "text": t,
+                 "reason": "TargetNotAllowed"} for t in texts)]
 
 
 # ----------------------------------------------------------------------------- status
