@@ -7,9 +7,9 @@ import json
 
 import jsonpatch
 import pytest
-from imagemapper import admission, compiler, podpatch
-from imagemapper.compiler import MapFileInput
+from imagemapper import admission, builder, podpatch
 from imagemapper.imagemap import MapInput
+from imagemapper.mapfile import MapFileInput
 from imagemapper.settings import Settings
 
 OPNS = "image-mapper-system"
@@ -21,7 +21,7 @@ def state(tmp_path):
         {"from": "nginx", "to": "registry.corp/hub/nginx"},
         {"from": "quay.io/jetstack/*", "to": "registry.corp/quay/jetstack/*"}])]
     cms = [MapFileInput(OPNS, "cluster", "u", {"maps": "default::mirror.corp\nnoswap_wildcards::registry.corp\n"})]
-    compiler.build(str(tmp_path), maps, cms, OPNS)
+    builder.build(str(tmp_path), maps, cms, OPNS)
     return Settings(operator_namespace=OPNS, state_dir=str(tmp_path))
 
 

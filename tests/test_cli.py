@@ -128,10 +128,10 @@ def test_unreadable_file_is_a_usage_error(tmp_path):
 
 def test_snapshot_dump(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "lib"))
-    from imagemapper import compiler
+    from imagemapper import builder
     from imagemapper.imagemap import MapInput
 
-    compiler.build(str(tmp_path), [MapInput("shop", "m", "", 1, [{"from": "nginx", "to": "a.corp/nginx"}])], [],
+    builder.build(str(tmp_path), [MapInput("shop", "m", "", 1, [{"from": "nginx", "to": "a.corp/nginx"}])], [],
                    "image-mapper-system")
     out = cli("snapshot-dump", str(tmp_path), "shop")
     assert out.returncode == 0 and '"docker.io/library/nginx"' in out.stdout

@@ -116,12 +116,12 @@ def test_selftest_passes_on_every_interpreter_here(python):
 @pytest.mark.parametrize("python", interpreters())
 def test_mutate_hook_answers_alike_on_every_interpreter_here(python, tmp_path):
     """The whole hot path as shell-operator runs it (``-S``), on each Python: the same answer."""
-    from imagemapper import compiler
-    from imagemapper.compiler import MapFileInput
+    from imagemapper import builder
     from imagemapper.imagemap import MapInput
+    from imagemapper.mapfile import MapFileInput
 
     state = str(tmp_path / "state")
-    compiler.build(state, [MapInput("shop", "m", "2024-01-01T00:00:00Z", 1, [{"from": "nginx", "to": "r.corp/nginx"}])],
+    builder.build(state, [MapInput("shop", "m", "2024-01-01T00:00:00Z", 1, [{"from": "nginx", "to": "r.corp/nginx"}])],
                    [MapFileInput("image-mapper-system", "c", "u", {"maps": "default::mirror.corp\n"})],
                    "image-mapper-system")
     pod = {"metadata": {"name": "p", "namespace": "shop",

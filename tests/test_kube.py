@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from imagemapper import entrypoints, kube
-from imagemapper.compiler import MapFileInput
 from imagemapper.imagemap import MapInput
+from imagemapper.mapfile import MapFileInput
 from imagemapper.settings import Settings
 
 json_values = st.recursive(

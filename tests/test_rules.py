@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from imagemapper import compiler, rules
-from imagemapper.compiler import MapFileInput
 from imagemapper.imagemap import MapInput
+from imagemapper.mapfile import MapFileInput
 from imagemapper.reference import is_valid, parse
 
 

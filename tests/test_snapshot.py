@@ -10,9 +10,9 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from imagemapper import compiler, rules, snapshot
-from imagemapper.compiler import MapFileInput
+from imagemapper import builder, compiler, rules, snapshot
 from imagemapper.imagemap import MapInput
+from imagemapper.mapfile import MapFileInput
 
 OPNS = "image-mapper-system"
 
@@ -27,7 +27,7 @@ def sample(n_namespaces=3):
 
 def test_build_writes_one_file_and_reads_back(tmp_path):
     maps, cms = sample()
-    result = compiler.build(str(tmp_path), maps, cms, OPNS)
+    result = builder.build(str(tmp_path), maps, cms, OPNS)
     assert sorted(os.listdir(tmp_path)) == ["accepted.snap", "index.json", "ready", "rules.snap"]
     assert snapshot.is_ready(str(tmp_path))
     assert result.rules == {"namespace": 3 + 2, "cluster": 1}
@@ -52,11 +52,11 @@ def regions(state):
 
 def test_unchanged_namespaces_are_not_recompiled(tmp_path):
     maps, cms = sample(5)
-    first = compiler.build(str(tmp_path), maps, cms, OPNS)
+    first = builder.build(str(tmp_path), maps, cms, OPNS)
     assert len(first.recompiled) == 5
     before = regions(str(tmp_path))
     maps[2] = MapInput("ns2", "m", "2024-01-01T00:00:00Z", 2, [{"from": "redis", "to": "x.corp/redis"}])
-    second = compiler.build(str(tmp_path), maps, cms, OPNS)
+    second = builder.build(str(tmp_path), maps, cms, OPNS)
     assert second.recompiled == ["ns2"]
     after = regions(str(tmp_path))
     assert {ns for ns in before if before[ns] != after[ns]} == {"ns2"}  # the rest copied as is
@@ -68,22 +68,22 @@ def test_index_of_another_format_is_rebuilt(tmp_path):
     import json
 
     maps, cms = sample(2)
-    compiler.build(str(tmp_path), maps, cms, OPNS)
-    path = tmp_path / compiler.INDEX
+    builder.build(str(tmp_path), maps, cms, OPNS)
+    path = tmp_path / builder.INDEX
     index = json.loads(path.read_text())
     del index["format"]
     for entry in index["namespaces"].values():
         entry["verdicts"] = {name: [v["reason"], v["message"], v["rules"]] for name, v in entry["verdicts"].items()}
     path.write_text(json.dumps(index))
-    again = compiler.build(str(tmp_path), maps, cms, OPNS)
+    again = builder.build(str(tmp_path), maps, cms, OPNS)
     assert sorted(again.recompiled) == ["ns0", "ns1"]
     assert again.verdicts[("ns1", "m")] == {"reason": "Accepted", "message": "1 rule active", "rules": 1}
 
 
 def test_deleted_rules_remove_the_namespace(tmp_path):
     maps, cms = sample()
-    compiler.build(str(tmp_path), maps, cms, OPNS)
-    compiler.build(str(tmp_path), maps[:1], cms[:1], OPNS)
+    builder.build(str(tmp_path), maps, cms, OPNS)
+    builder.build(str(tmp_path), maps[:1], cms[:1], OPNS)
     assert sorted(regions(str(tmp_path))) == ["ns0"]
     assert snapshot.load_accepted(str(tmp_path), "ns1") == {}
 
@@ -98,7 +98,7 @@ def test_missing_snapshot_is_an_error_the_caller_sees(tmp_path):
                                      snapshot.MAGIC + b"\x00" * 24])
 def test_corrupt_snapshot_is_an_error_not_a_crash(tmp_path, content):
     maps, cms = sample()
-    compiler.build(str(tmp_path), maps, cms, OPNS)
+    builder.build(str(tmp_path), maps, cms, OPNS)
     (tmp_path / snapshot.FILE).write_bytes(content)
     with pytest.raises(snapshot.SnapshotError):
         snapshot.load_for_namespace(str(tmp_path), "ns1")
@@ -120,7 +120,7 @@ IMAGES = ["registry7.example.com/team/tool:2", "quay.io/app9:v1", "quay.io/org/a
 def test_truncated_or_damaged_files_give_snapshot_errors_or_answers(tmp_path):
     """Every prefix of the file, and every damaged byte, either reads or is a SnapshotError."""
     maps, cms = big_sample(400)
-    compiler.build(str(tmp_path), maps, cms, OPNS)
+    builder.build(str(tmp_path), maps, cms, OPNS)
     good = (tmp_path / snapshot.FILE).read_bytes()
     cuts = list(range(0, len(good), max(1, len(good) // 300)))
     flips = [(at, 0xFF) for at in range(0, len(good), max(1, len(good) // 300))]
@@ -137,7 +137,7 @@ def test_truncated_or_damaged_files_give_snapshot_errors_or_answers(tmp_path):
 
 def test_large_tables_give_the_answers_of_the_compiled_documents(tmp_path):
     maps, cms = big_sample(3000)
-    compiler.build(str(tmp_path), maps, cms, OPNS)
+    builder.build(str(tmp_path), maps, cms, OPNS)
     ns_doc, cluster_doc = snapshot.load_for_namespace(str(tmp_path), "ns0")
     assert isinstance(cluster_doc["mapfiles"]["keys"], snapshot.Table)  # really read bucket by bucket
     assert isinstance(ns_doc["imagemaps"]["repo"], snapshot.Table)
@@ -172,7 +172,7 @@ def test_table_lookups_equal_dict_lookups(tmp_path, table, probes):
 def test_only_regular_files_are_read(tmp_path, kind):
     """A symlink to /dev/zero (or a FIFO) must not hang the hook: it is refused at once."""
     maps, cms = sample()
-    compiler.build(str(tmp_path), maps, cms, OPNS)
+    builder.build(str(tmp_path), maps, cms, OPNS)
     path = tmp_path / snapshot.FILE
     path.unlink()
     if kind == "dev-zero":
@@ -191,18 +191,18 @@ def test_only_regular_files_are_read(tmp_path, kind):
 
 def test_next_build_repairs_a_deleted_or_corrupt_snapshot(tmp_path):
     maps, cms = sample()
-    compiler.build(str(tmp_path), maps, cms, OPNS)
+    builder.build(str(tmp_path), maps, cms, OPNS)
     os.unlink(tmp_path / snapshot.FILE)
-    compiler.build(str(tmp_path), maps, cms, OPNS)
+    builder.build(str(tmp_path), maps, cms, OPNS)
     ns_doc, cluster_doc = snapshot.load_for_namespace(str(tmp_path), "ns1")
     assert ns_doc is not None and cluster_doc["mapfiles"]
 
 
 def test_next_build_repairs_files_overwritten_behind_its_back(tmp_path):
     maps, cms = sample()
-    compiler.build(str(tmp_path), maps, cms, OPNS)
+    builder.build(str(tmp_path), maps, cms, OPNS)
     (tmp_path / snapshot.FILE).write_bytes(b"garbage")
-    result = compiler.build(str(tmp_path), maps, cms, OPNS)
+    result = builder.build(str(tmp_path), maps, cms, OPNS)
     assert result.recompiled == ["ns0", "ns1", "ns2"]
     ns_doc, cluster_doc = snapshot.load_for_namespace(str(tmp_path), "ns1")
     assert ns_doc["imagemaps"] and cluster_doc["mapfiles"]
@@ -225,7 +225,7 @@ def generation(n):
 def test_an_admission_sees_one_generation(tmp_path):
     """A reader polling while the builder changes namespace and cluster rules together never
     sees a namespace document of one generation next to a cluster document of another."""
-    compiler.build(str(tmp_path), *generation(0), OPNS)
+    builder.build(str(tmp_path), *generation(0), OPNS)
     reader = subprocess.Popen([sys.executable, "-c", f"""
 import sys; sys.path.insert(0, {os.path.join(os.path.dirname(__file__), '..', 'lib')!r})
 from imagemapper import rules, snapshot
@@ -241,7 +241,7 @@ print(mixed, seen)
     n = 0
     while reader.poll() is None and n < 3000:
         n += 1
-        compiler.build(str(tmp_path), *generation(n), OPNS)
+        builder.build(str(tmp_path), *generation(n), OPNS)
     out, _ = reader.communicate(timeout=120)
     mixed, seen = map(int, out.split())
     assert seen == 3000 and mixed == 0 and n > 10

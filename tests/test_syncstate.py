@@ -7,9 +7,9 @@ import random
 
 import pytest
 from harness.shellop import Cluster, Operator
-from imagemapper import compiler, rules, snapshot
-from imagemapper.compiler import MapFileInput
+from imagemapper import builder, rules, snapshot
 from imagemapper.imagemap import MapInput
+from imagemapper.mapfile import MapFileInput
 from test_hooks import OPNS, hook, imagemap, make_env, mapfile, webhook_configuration
 
 NAMESPACES = ["a", "b", "c"]
@@ -21,7 +21,7 @@ def full_build(cluster, state_dir):
                      o["metadata"]["generation"], o["spec"]["map"]) for o in cluster.list("ImageMap")]
     cms = [MapFileInput.from_object(o) for o in cluster.list("ConfigMap")
            if (o["metadata"].get("labels") or {}).get("imagemapper.io/map-file") == "true"]
-    compiler.build(state_dir, maps, cms, OPNS)
+    builder.build(state_dir, maps, cms, OPNS)
 
 
 def answers(state_dir):

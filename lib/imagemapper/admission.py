@@ -12,7 +12,7 @@ from imagemapper.settings import Settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from imagemapper.compiler import MapFileInput
+    from imagemapper.mapfile import MapFileInput
     from imagemapper.shapes import AdmissionResponse, ClusterDoc, NamespaceDoc, Payload
 
 EPHEMERAL = "ephemeralcontainers"
@@ -172,9 +172,8 @@ def _validate_mapfile(request: Payload, obj: Payload, settings: Settings) -> Adm
     they were are never denied, so a ConfigMap that got in with bad lines (while
     validation was down) can still be fixed, unlabeled or deleted.
     """
-    from imagemapper.compiler import MapFileInput
     from imagemapper.inputs import is_map_file
-    from imagemapper.mapfile import parse_lines
+    from imagemapper.mapfile import MapFileInput, parse_lines
 
     if not is_map_file(obj):
         return protocol.allow()

@@ -15,7 +15,7 @@ import difflib
 import sys
 
 from imagemapper import imagemap, inputs, lint
-from imagemapper.compiler import MapFileInput
+from imagemapper.mapfile import MapFileInput
 from imagemapper.settings import MAP_FILE_LABEL
 
 TYPE_CHECKING = False

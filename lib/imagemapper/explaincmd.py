@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imagemapper import compiler, hookconfig, kubeclient, podpatch, rules
+from imagemapper import compiler, hookconfig, kubeclient, mapfile, podpatch, rules
 from imagemapper.imagemap import MapInput
 from imagemapper.scope import Scope
 from imagemapper.settings import MAP_FILE_LABEL, Settings, SettingsError
@@ -112,9 +112,9 @@ class Live:
         selector = f"{MAP_FILE_LABEL}=true"
         map_ns = self.settings.map_namespace
         maps = [MapInput.from_object(o) for o in self._list("imagemaps.imagemapper.io", None)]
-        ns_cms = [compiler.MapFileInput.from_object(o) for o in self._list("configmaps", selector)]
+        ns_cms = [mapfile.MapFileInput.from_object(o) for o in self._list("configmaps", selector)]
         cluster_cms = ns_cms if map_ns == self.namespace else [
-            compiler.MapFileInput.from_object(o) for o in self._list("configmaps", selector, map_ns)]
+            mapfile.MapFileInput.from_object(o) for o in self._list("configmaps", selector, map_ns)]
         groups, _ = compiler.group_by_namespace(maps, ns_cms, map_ns)
         own_maps, own_cms = groups.get(self.namespace, ([], []))
         ns_doc = compiler.compile_namespace(self.namespace, own_maps, own_cms)[0]

@@ -11,7 +11,7 @@ it: by its own ``metadata.namespace``, with a caller-given default when it has n
 from __future__ import annotations
 
 from imagemapper import kube
-from imagemapper.compiler import MapFileInput
+from imagemapper.mapfile import MapFileInput
 from imagemapper.settings import MAP_FILE_LABEL
 
 TYPE_CHECKING = False

@@ -10,7 +10,7 @@ the API server's limits on warnings.
 from __future__ import annotations
 
 from imagemapper import imagemap, mapfile
-from imagemapper.compiler import MapFileInput
+from imagemapper.mapfile import MapFileInput
 from imagemapper.settings import MAP_FILE_LABEL
 
 IMAGEMAP_API_VERSION = "imagemapper.io/v1alpha1"

@@ -38,6 +38,7 @@ Deliberate divergences from imageswap, each also listed in ``docs/mapfiles.md``:
 
 from __future__ import annotations
 
+from imagemapper import kube
 from imagemapper.reference import (
     DEFAULT_DOMAIN,
     LEGACY_DOMAIN,
@@ -149,6 +150,31 @@ class MapLine:
 
     def __repr__(self) -> str:
         return f"MapLine({self.kind!r}, {self.key!r}, {self.value!r}, {self.source!r} line {self.line})"
+
+
+class MapFileInput:
+    """One labeled ConfigMap: every data key holds one map file."""
+
+    __slots__ = ("data", "label", "name", "namespace", "uid")
+
+    def __init__(self, namespace: str, name: str, uid: str, data: dict, label: str = ""):
+        self.namespace = namespace
+        self.name = name
+        self.uid = uid or ""
+        self.data = {k: v for k, v in (data or {}).items() if isinstance(v, str)}
+        self.label = label  # overrides the source text (the CLI names files, not ConfigMaps)
+
+    @classmethod
+    def from_object(cls, obj: object) -> MapFileInput:
+        return cls(kube.text(obj, "metadata", "namespace"), kube.text(obj, "metadata", "name"),
+                   kube.text(obj, "metadata", "uid"), kube.mapping(obj, "data"))
+
+    def files(self) -> list[tuple[str, str]]:
+        """(source, text) per key in key order; the source names ConfigMap and key."""
+        return [(self.label or f"{self.prefix()}{key}", self.data[key]) for key in sorted(self.data)]
+
+    def prefix(self) -> str:
+        return self.label or f"configmap {self.namespace}/{self.name} key "
 
 
 # ---------------------------------------------------------------------------- parsing

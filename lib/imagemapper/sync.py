@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 
-from imagemapper import compiler, kube, lint, protocol, snapshot, syncstate
+from imagemapper import builder, kube, lint, mapfile, protocol, snapshot, syncstate
 from imagemapper.hookconfig import MUTATE_WEBHOOK
 from imagemapper.imagemap import MapInput
 from imagemapper.settings import Settings
@@ -47,7 +47,7 @@ class Output:
         self.operations: list[dict] = []
         self.metrics: list[dict] = []
         self.logs: list[dict] = []
-        self.result: compiler.Result | None = None
+        self.result: builder.Result | None = None
 
 
 def _items(contexts: list, binding: str) -> list[dict]:
@@ -85,13 +85,13 @@ def _imagemaps(state: syncstate.State, namespaces: list[str]) -> list:
             if (m := _imagemap_of({"filterResult": found}))]
 
 
-def _mapfile_of(item: dict) -> compiler.MapFileInput | None:
+def _mapfile_of(item: dict) -> mapfile.MapFileInput | None:
     found = item.get("filterResult")
     if isinstance(found, dict):
-        return compiler.MapFileInput(kube.text(found, "namespace"), kube.text(found, "name"),
+        return mapfile.MapFileInput(kube.text(found, "namespace"), kube.text(found, "name"),
                                      kube.text(found, "uid"), kube.mapping(found, "data"))
     if isinstance(item.get("object"), dict):
-        return compiler.MapFileInput.from_object(item["object"])
+        return mapfile.MapFileInput.from_object(item["object"])
     return None
 
 
@@ -120,7 +120,7 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
                 and (settings.namespace_map_files == "enabled" or m.namespace == settings.map_namespace)]
     gate = _TargetGate(settings)
     mapfiles = [m for m, _ in cm_items if gate.mapfile(m)]
-    result = compiler.build(settings.state_dir, [m[0] for m in maps if gate.imagemap(m[0])], mapfiles,
+    result = builder.build(settings.state_dir, [m[0] for m in maps if gate.imagemap(m[0])], mapfiles,
                             settings.map_namespace, changed=changed,
                             inputs_of=lambda ns: [m[0] for m in _imagemaps(state, [ns]) if gate.imagemap(m[0])])
     state.save(built=True)
@@ -166,7 +166,7 @@ class _TargetGate:
             self.maps[(imap.namespace, imap.name)] = "; ".join(bad)
         return not bad
 
-    def mapfile(self, cm: compiler.MapFileInput) -> bool:
+    def mapfile(self, cm: mapfile.MapFileInput) -> bool:
         if not self.allowed or cm.namespace == self.map_namespace:
             return True
         from imagemapper import allowlist, mapfile
@@ -177,7 +177,7 @@ class _TargetGate:
                                                    "the whole ConfigMap is ignored" for b in bad]
         return not bad
 
-    def report(self, result: compiler.Result) -> None:
+    def report(self, result: builder.Result) -> None:
         for key, message in self.maps.items():
             result.verdicts[key] = {"reason": "Invalid", "message": message, "rules": 0}
         for key, texts in self.files.items():
@@ -260,7 +260,7 @@ def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _mapfile_events(out: Output, cm: compiler.MapFileInput, diags: list[dict], now: str,
+def _mapfile_events(out: Output, cm: mapfile.MapFileInput, diags: list[dict], now: str,
                     before: dict, reported: dict, deleting: bool) -> None:
     """Log new diagnostics and send one Event, only when the ConfigMap's diagnostics change."""
     if not diags:
@@ -322,7 +322,7 @@ def _reinvocation_patch(name: str, index: int) -> dict:
 
 # ----------------------------------------------------------------------------- metrics
 
-def _metrics(result: compiler.Result) -> list[dict]:
+def _metrics(result: builder.Result) -> list[dict]:
     group = SYNC_METRICS_GROUP
     ops = [protocol.gauge("image_mapper_rules", result.rules[scope], {"scope": scope}, group)
            for scope in ("namespace", "cluster")]

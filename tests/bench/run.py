@@ -35,9 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LIB = os.path.join(ROOT, "lib")
 sys.path.insert(0, LIB)
 
-from imagemapper import compiler, snapshot
-from imagemapper.compiler import MapFileInput
+from imagemapper import builder, snapshot
 from imagemapper.imagemap import MapInput
+from imagemapper.mapfile import MapFileInput
 
 OPNS = "image-mapper-system"
 BEFORE = os.environ.get("BENCH_BEFORE", "badcddc")  # the revision issue 12 started from
@@ -81,7 +81,7 @@ def map_file(lines: int) -> MapFileInput:
 
 def snapshot_dir(maps: list[MapInput], cms: list[MapFileInput]) -> str:
     path = tempfile.mkdtemp(prefix="im-bench-")
-    compiler.build(path, maps, cms, OPNS)
+    builder.build(path, maps, cms, OPNS)
     return path
 
 
@@ -214,7 +214,7 @@ def before_snapshot(tree: str, n_ns: int, entries: int, lines: int) -> str:
     code = f"""
 import sys; sys.path.insert(0, {os.path.join(tree, 'lib')!r})
 from imagemapper import compiler
-from imagemapper.compiler import MapFileInput
+from imagemapper.compiler import MapFileInput  # the older revision's layout
 from imagemapper.imagemap import MapInput
 def entries(tag, n):
     return [{{"from": f"quay.io/org0/app{{e}}", "to": f"mirror.corp/{{tag}}/org0/app{{e}}"}} for e in range(n)]
@@ -371,14 +371,14 @@ def measure(quick: bool) -> dict:
     state = tempfile.mkdtemp(prefix="im-bench-compile-")
     temps.append(state)
     start = time.perf_counter()
-    compiler.build(state, maps, cms, OPNS)
+    builder.build(state, maps, cms, OPNS)
     fig["compile_full_s"] = time.perf_counter() - start
     fig["snapshot_bytes"] = dir_size(state, (snapshot.FILE,))
-    fig["other_bytes"] = dir_size(state, (snapshot.ACCEPTED, compiler.INDEX))
+    fig["other_bytes"] = dir_size(state, (snapshot.ACCEPTED, builder.INDEX))
     one = list(maps)
     one[1234] = MapInput(one[1234].namespace, one[1234].name, one[1234].created, 2, one[1234].items[:-1])
     start = time.perf_counter()
-    result = compiler.build(state, one, cms, OPNS, changed={one[1234].namespace})
+    result = builder.build(state, one, cms, OPNS, changed={one[1234].namespace})
     fig["compile_incremental_s"] = time.perf_counter() - start
     fig["incremental_recompiled"] = len(result.recompiled)
 
