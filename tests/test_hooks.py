@@ -555,6 +555,25 @@ def test_allowed_targets_limit_namespace_rules(state):
     assert denied["allowed"] is False and "evil.example" in denied["status"]["message"]
 
 
+def test_chain_across_layers_is_reported_in_status_and_at_apply(state):
+    """Issue 11.2: a namespace entry under a cluster target never fires; it says so."""
+    env = make_env(state)
+    shadowed = [{"from": "mirror.corp/hub/*", "to": "team.corp/*"}, {"from": "redis", "to": "team.corp/redis"}]
+    cluster = Cluster([imagemap("team", shadowed),
+                       mapfile("cluster-map", "default::\ndocker.io::mirror.corp/hub\n"),
+                       webhook_configuration()])
+    operator = Operator(hook("sync.py"), cluster=cluster, env=env)
+    operator.start()
+    assert all(r.ok for r in operator.drain())
+    cond = ready(cluster, "team")
+    assert cond["reason"] == "Accepted" and "spec.map[0] (mirror.corp/hub/*) never fires" in cond["message"]
+    assert "spec.map[1]" not in cond["message"]
+    validator = Operator(hook("validate.py"), cluster=cluster, env=env)
+    answer = validator.admit("imagemaps.validate.imagemapper.io",
+                             validation_request(imagemap("late", shadowed[:1], ns="other"))).admission
+    assert answer["allowed"] is True and any("never fires" in w for w in answer["warnings"])
+
+
 # ----------------------------------------------------------------------------- validate
 
 def validation_request(obj: dict) -> dict:

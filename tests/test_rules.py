@@ -90,6 +90,20 @@ def test_a_rewrite_never_gives_an_invalid_reference():
     assert f("quay.io/short:1", ns_doc, cluster_doc) == f"r.corp/{long}/short:1"
 
 
+def test_chains_across_layers_are_named():
+    from imagemapper.chains import cross_layer
+
+    _, cluster_doc = docs([], [], ["default::\ndocker.io::registry.corp/hub\nindex.docker.io/x::docker.io/x"])
+    items = [{"from": "registry.corp/hub/*", "to": "ns.corp/*"},    # every image under the target
+             {"from": "registry.corp/*", "to": "ns.corp/all/*"},    # all but those under it
+             {"from": "docker.io/x/*", "to": "ns.corp/x/*"},        # under an identity: fires
+             {"from": "quay.io/a", "to": "ns.corp/a"}]
+    notes = cross_layer(items, cluster_doc["targets"])
+    assert len(notes) == 2
+    assert notes[0].startswith("spec.map[0] (registry.corp/hub/*) never fires") and "registry.corp/hub" in notes[0]
+    assert notes[1].startswith("spec.map[1] (registry.corp/*) does not fire for images under")
+
+
 def test_invalid_images_are_reported_not_rewritten():
     ns_doc, cluster_doc = docs([], [], ["default::cluster.corp"])
     for image in ["", " ", "upper/Case", "a//b", "nginx:", "x" * 300]:
@@ -218,3 +232,26 @@ def test_most_specific_wins_property(repo, tag, prefix):
         ns_doc, cluster_doc = docs([MapInput("shop", "m", "", 1, ordering)])
         assert f(image, ns_doc, cluster_doc) == "e.corp/exact:1"
         assert f(repo + ":other", ns_doc, cluster_doc) == "r.corp/repo:other"
+
+
+@FAST
+@given(st.lists(entries(), min_size=1, max_size=4), st.lists(map_lines(), max_size=6).map("\n".join),
+       st.sampled_from(["", "/sub/app", "/org/app"]), st.sampled_from(TAGS))
+def test_every_entry_a_cluster_target_stops_is_reported(items, cluster_file, path, tag):
+    """Whenever an accepted ImageMap entry matches an image but the cluster guard keeps it,
+    cross_layer names that entry: no rule is silently dead."""
+    from imagemapper.chains import cross_layer
+
+    ns_doc, cluster_doc = docs([MapInput("shop", "m", "", 1, items)], [], [cluster_file])
+    notes = cross_layer(items, cluster_doc["targets"])
+    for index, item in enumerate(items):
+        origin = item["from"]
+        image = origin[:-2] + (path or "/app") + tag if origin.endswith("/*") else origin
+        if not is_valid(image):
+            continue
+        alone = rules.decide(image, ns_doc, None)
+        if f"spec.map[{index}]" not in alone.rule or "already under" in alone.rule:
+            continue  # another entry decided, or the namespace's own guard
+        decision = rules.decide(image, ns_doc, cluster_doc)
+        if decision.source == "cluster" and "already under target" in decision.rule:
+            assert any(n.startswith(f"spec.map[{index}] ") for n in notes), (image, decision.rule, notes)

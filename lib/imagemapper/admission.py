@@ -138,6 +138,7 @@ def _validate_imagemap(request: Payload, obj: Payload, settings: Settings) -> Ad
     try:
         snapshot.open_snapshot(settings.state_dir).close()  # no snapshot yet: cannot judge
         accepted = snapshot.load_accepted(settings.state_dir, candidate.namespace)
+        cluster_targets = (snapshot.load_cluster(settings.state_dir) or {}).get("targets")
     except snapshot.SnapshotError as exc:
         return protocol.allow([(f"image-mapper could not check {where} against other ImageMaps "
                                f"({exc}); the sync hook will report a conflict in its status")])
@@ -146,7 +147,10 @@ def _validate_imagemap(request: Payload, obj: Payload, settings: Settings) -> Ad
     problem = check_candidate(candidate, others)
     if problem:
         return protocol.deny(f"{where} conflicts with accepted ImageMaps: {problem}")
-    return protocol.allow(_imagemap_warnings(obj, where))
+    from imagemapper.chains import cross_layer
+
+    return protocol.allow(_imagemap_warnings(obj, where)
+                          + [f"{where}: {w}" for w in cross_layer(candidate.items, cluster_targets)])
 
 
 def _imagemap_warnings(obj: Payload, where: str) -> list[str]:

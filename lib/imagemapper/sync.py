@@ -126,10 +126,11 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
     state.save(built=True)
     gate.report(result)
     out.result = result
+    chains = _ChainNotes(maps, mapfiles, settings.map_namespace)
     for imap, status, uid, deleting in maps:
         verdict = result.verdicts.get((imap.namespace, imap.name))
         if verdict and not deleting:  # no status or Events for what is going away
-            _status_and_event(out, imap, status, uid, verdict, now)
+            _status_and_event(out, imap, status, uid, chains.noted(imap, verdict), now)
     before = _load_reported(settings.state_dir)
     reported: dict = {}
     for cm, deleting in cm_items:
@@ -143,6 +144,31 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
                      "namespace_rules": result.rules["namespace"],
                      "cluster_rules": result.rules["cluster"]})
     return out
+
+
+class _ChainNotes:
+    """Accepted ImageMap entries that a cluster target keeps from firing (imagemapper.chains)
+    are named in the Ready message, so that no rule is silently dead."""
+
+    LIMIT = 4000  # characters of notes in one message
+
+    def __init__(self, maps: list, mapfiles: list, map_namespace: str) -> None:
+        self.targets: dict | None = None
+        if maps:
+            cluster = [cm for cm in mapfiles if cm.namespace == map_namespace]
+            self.targets = compiler.compile_cluster(cluster)[0]["targets"] if cluster else None
+
+    def noted(self, imap: MapInput, verdict: VerdictRecord) -> VerdictRecord:
+        if verdict["reason"] != "Accepted" or not self.targets:
+            return verdict
+        from imagemapper.chains import cross_layer
+
+        notes = cross_layer(imap.items, self.targets)
+        if not notes:
+            return verdict
+        text = "; ".join(notes)
+        text = text if len(text) <= self.LIMIT else text[:self.LIMIT] + "..."
+        return {**verdict, "message": f"{verdict['message']}. Shadowed by the cluster map files: {text}"}
 
 
 class _TargetGate:
