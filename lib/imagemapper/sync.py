@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 
-from imagemapper import builder, kube, lint, mapfile, protocol, snapshot, syncstate
+from imagemapper import builder, compiler, kube, lint, mapfile, protocol, snapshot, syncstate
 from imagemapper.hookconfig import MUTATE_WEBHOOK
 from imagemapper.imagemap import MapInput
 from imagemapper.settings import Settings
