@@ -200,7 +200,8 @@ class Client:
             raise _Failure(ERROR, f"the token server answered {status}")
         try:
             answer = json.loads(body)
-            return answer.get("token") or answer["access_token"]
+            token: str = answer.get("token") or answer["access_token"]
+            return token
         except (ValueError, KeyError, AttributeError, TypeError):
             raise _Failure(ERROR, "the token server's answer has no token") from None
 

@@ -34,7 +34,8 @@ def failing_requirement(selector: dict | None, labels: dict) -> dict | None:
             return {"key": key, "operator": "In", "values": [value]}
     for expr in selector.get("matchExpressions") or []:
         if not _requirement_holds(expr, labels):
-            return expr
+            found: dict = expr
+            return found
     return None
 
 

@@ -115,7 +115,7 @@ def _max_admissions(env: dict) -> int:
 
 
 def _namespace(env: dict, name: str, required: bool) -> str:
-    value = env.get(name, "")
+    value: str = env.get(name, "")
     if not value:
         if required:
             raise SettingsError(f"{name} is not set; it must name the operator's namespace "

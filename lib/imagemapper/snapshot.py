@@ -95,7 +95,9 @@ class Table:
     def __init__(self, file: Snapshot, start: int, ref: list):
         self._file = file
         self._start = start
-        self._n, self._buckets, self._lengths = ref[2], ref[3], ref[4]
+        self._n: int = ref[2]
+        self._buckets: int = ref[3]
+        self._lengths: frozenset[int] | None = ref[4]
         self._cache: dict[int, dict] = {}
 
     def _bucket(self, key: str) -> dict:
@@ -190,7 +192,7 @@ class Snapshot:
                 or ref[2] > ref[1]:
             raise SnapshotError(f"corrupt snapshot file {self.path}: bad region reference")
         start = ref[0]
-        doc = self.load(start + ref[2], ref[1] - ref[2], dict)
+        doc: dict[str, Any] = self.load(start + ref[2], ref[1] - ref[2], dict)
         for table in doc.pop(TABLES, None) or ():
             if not (isinstance(table, list) and len(table) == 5 and isinstance(table[0], list)
                     and table[0] and all(isinstance(x, int) and x >= 0 for x in table[1:4]) and table[3]
@@ -259,7 +261,8 @@ def load_namespace(state_dir: str, namespace: str) -> dict | None:
     if not valid_namespace(namespace):
         raise SnapshotError(f"invalid namespace name {namespace!r}")
     snap = open_snapshot(state_dir)
-    return _guarded(lambda: snap.namespace(namespace))
+    doc: dict[str, Any] | None = _guarded(lambda: snap.namespace(namespace))
+    return doc
 
 
 def load_accepted(state_dir: str, namespace: str) -> dict:
