@@ -49,9 +49,11 @@ def _failed(request: pytest.FixtureRequest) -> bool:
     return report is None or report.failed
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    """One etcd + kube-apiserver for the whole session (startup takes seconds).
+    """One etcd + kube-apiserver per test module (startup takes seconds). Per module, not
+    per session: without a controller-manager a module that uninstalls image-mapper
+    leaves its namespace Terminating for good, and every module installs afresh.
 
     Tests share it, so each test works in its own namespaces (see make_namespace) and
     removes cluster-scoped objects it creates. IMAGE_MAPPER_E2E_KEEP=1 keeps the
