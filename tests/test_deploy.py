@@ -829,6 +829,28 @@ def test_gen_certs_material_serves_tls(certs: Path) -> None:
         listener.close()
 
 
+def test_gen_certs_rotation_trusts_old_and_new_replicas(tmp_path: Path) -> None:
+    """The rotation procedure (docs/operations.md): PREVIOUS_CA keeps the old CA in the
+    bundle, so replicas with the old and with the new certificate verify during the roll."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert run_gen_certs("--out", str(old), env={"DAYS": "30"}).returncode == 0
+    res = run_gen_certs("--out", str(new), env={"PREVIOUS_CA": str(old / "ca.crt")})
+    assert res.returncode == 0, res.stderr
+    bundle = (new / "ca.crt").read_text()
+    assert bundle.count("BEGIN CERTIFICATE") == 2 and (old / "ca.crt").read_text() in bundle
+    for cert in (old / "tls.crt", new / "tls.crt"):
+        assert "OK" in openssl("verify", "-CAfile", str(new / "ca.crt"), str(cert))
+    assert "OK" not in subprocess.run(["openssl", "verify", "-CAfile", str(old / "ca.crt"), str(new / "tls.crt")],
+                                      capture_output=True, text=True, check=False).stdout
+    # the old pair was made to expire within its DAYS, the new one lives the default 10 years
+    assert subprocess.run(["openssl", "x509", "-checkend", str(31 * 86400), "-noout", "-in", str(old / "tls.crt")],
+                          capture_output=True, check=False).returncode == 1
+    assert subprocess.run(["openssl", "x509", "-checkend", str(9 * 365 * 86400), "-noout", "-in",
+                           str(new / "tls.crt")], capture_output=True, check=False).returncode == 0
+    bad = run_gen_certs("--out", str(tmp_path / "x"), env={"PREVIOUS_CA": str(tmp_path / "missing")})
+    assert bad.returncode != 0 and "PREVIOUS_CA" in bad.stderr
+
+
 def test_gen_certs_follows_environment(tmp_path: Path) -> None:
     res = run_gen_certs("--out", str(tmp_path), env={
         "SERVICE_NAME": "hook", "NAMESPACE": "ops", "DAYS": "30"})
