@@ -10,7 +10,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from imagemapper import mapfile
+from imagemapper import mapfile, maplookup
 from imagemapper.reference import parse as parse_ref
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ def swap(layer: dict | None, image: str) -> str:
     """The image the Pod ends up with when this layer is the only one."""
     if layer is None:
         return image
-    hit = mapfile.lookup(layer, parse_ref(image), image)
+    hit = maplookup.lookup(layer, parse_ref(image), image)
     if hit is None or hit[0] is None:
         return image
     return hit[0]
@@ -177,7 +177,7 @@ def test_several_files_read_as_one_last_duplicate_wins():
     b = "# second configmap\nquay.io::second.io\n[REPLACE]x-*::r3.io\n"
     layer, targets, diags = layer_of(a, b)
     assert swap(layer, "quay.io/a/b") == "second.io/a/b"
-    assert mapfile.lookup(layer, parse_ref("quay.io/a"), "quay.io/a")[1] == "src1 line 2: quay.io::second.io"
+    assert maplookup.lookup(layer, parse_ref("quay.io/a"), "quay.io/a")[1] == "src1 line 2: quay.io::second.io"
     # [REPLACE] keeps the first position and takes the last value: x-* still beats x-y*
     assert swap(layer, "x-yz") == "r3.io/x-yz"
     assert [r[0] for r in layer["replace"]] == ["x-*", "x-y*"]
@@ -235,15 +235,15 @@ def test_path_keys_longest_match():
 
 def test_path_key_with_empty_value_excludes_one_image():
     layer, _, _ = layer_of("default::m.io\nquay.io/example/test-image::\n")
-    hit = mapfile.lookup(layer, parse_ref("quay.io/example/test-image:1"), "quay.io/example/test-image:1")
+    hit = maplookup.lookup(layer, parse_ref("quay.io/example/test-image:1"), "quay.io/example/test-image:1")
     assert hit == (None, "src0 line 2: quay.io/example/test-image::")
     assert swap(layer, "quay.io/example/other:1") == "m.io/example/other:1"
 
 
 def test_path_key_naming_an_image_with_a_registry_value_leaves_it():
     layer, _, _ = layer_of("default::\nquay.io/a/b::m.io\n")
-    new, rule = mapfile.lookup(layer, parse_ref("quay.io/a/b:1"), "quay.io/a/b:1")
-    assert new is None and rule.endswith(mapfile.NOT_A_REPO)
+    new, rule = maplookup.lookup(layer, parse_ref("quay.io/a/b:1"), "quay.io/a/b:1")
+    assert new is None and rule.endswith(maplookup.NOT_A_REPO)
     assert swap(layer, "quay.io/a/b/c:1") == "m.io/c:1"
 
 
@@ -287,14 +287,14 @@ def test_dash_values():
 
 def test_dash_value_with_ipv6_host_leaves_the_image():
     layer, _, _ = layer_of("default::my.io/m-\n")
-    new, rule = mapfile.lookup(layer, parse_ref("[::1]:5000/a"), "[::1]:5000/a")
+    new, rule = maplookup.lookup(layer, parse_ref("[::1]:5000/a"), "[::1]:5000/a")
     assert new is None and "is not a valid reference" in rule
 
 
 def test_no_default_makes_registry_keys_inactive():
     layer, targets, diags = layer_of("quay.io::q.io\n[EXACT]a::b.io/a\n[REPLACE]c*::r.io\n")
     assert msgs(diags, "warning") == [("src0", 1, mapfile.NO_DEFAULT)]
-    assert mapfile.lookup(layer, parse_ref("quay.io/a"), "quay.io/a") is None
+    assert maplookup.lookup(layer, parse_ref("quay.io/a"), "quay.io/a") is None
     assert swap(layer, "a") == "b.io/a"
     assert swap(layer, "cx:1") == "r.io/cx:1"
     assert targets == {"exact": ["b.io/a"], "repo": [], "prefix": ["r.io"], "strprefix": []}
@@ -305,20 +305,20 @@ def test_exact_is_normalized_and_beats_replace():
                                  "[EXACT]keep:1::\n")
     assert swap(layer, "docker.io/library/hello-world") == "e.io/hw:1"
     assert swap(layer, "hello-world:2") == "r.io/hello-world:2"
-    assert mapfile.lookup(layer, parse_ref("keep:1"), "keep:1") == (None, "src0 line 4: [EXACT]keep:1::")
+    assert maplookup.lookup(layer, parse_ref("keep:1"), "keep:1") == (None, "src0 line 4: [EXACT]keep:1::")
     assert targets["exact"] == ["e.io/hw:1"]
 
 
 def test_replace_matches_normalized_form_and_empty_value_leaves():
     layer, _, _ = layer_of("[REPLACE]docker.io/library/ng*::r.io/\n[REPLACE]auto*::\n")
     assert swap(layer, "nginx@sha256:" + "a" * 64) == "r.io/nginx@sha256:" + "a" * 64
-    assert mapfile.lookup(layer, parse_ref("quay.io/auto"), "quay.io/auto") is None
-    assert mapfile.lookup(layer, parse_ref("auto"), "auto") == (None, "src0 line 2: [REPLACE]auto*::")
+    assert maplookup.lookup(layer, parse_ref("quay.io/auto"), "quay.io/auto") is None
+    assert maplookup.lookup(layer, parse_ref("auto"), "auto") == (None, "src0 line 2: [REPLACE]auto*::")
 
 
 def test_identity_result_is_still_a_match():
     layer, _, _ = layer_of("default::\nquay.io::quay.io\n")
-    assert mapfile.lookup(layer, parse_ref("quay.io/a:1"), "quay.io/a:1") == (
+    assert maplookup.lookup(layer, parse_ref("quay.io/a:1"), "quay.io/a:1") == (
         "quay.io/a:1", "src0 line 2: quay.io::quay.io")
 
 
@@ -328,7 +328,7 @@ def test_layer_and_targets_are_json():
     again = json.loads(json.dumps(layer))
     assert again == layer and json.loads(json.dumps(targets)) == targets
     for image in ("alpine", "quay.io/solo/gloo:v1.0", "registry.internal.twr.io:443/a", "a", "xy"):
-        assert mapfile.lookup(again, parse_ref(image), image) == mapfile.lookup(layer, parse_ref(image), image)
+        assert maplookup.lookup(again, parse_ref(image), image) == maplookup.lookup(layer, parse_ref(image), image)
 
 
 # ---------------------------------------------------------------- hot path
@@ -338,10 +338,10 @@ def _imports_after_lookup(layer: dict) -> list[str]:
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT / 'lib')!r})\n"
-        "from imagemapper import mapfile, reference\n"
+        "from imagemapper import maplookup, reference\n"
         f"layer = {layer!r}\n"
         "for image in ('nginx', 'quay.io/a/b:1', 'reg.io:443/x', 'zzz'):\n"
-        "    mapfile.lookup(layer, reference.parse(image), image)\n"
+        "    maplookup.lookup(layer, reference.parse(image), image)\n"
         "print(' '.join(m for m in ('re', 'fnmatch', 'json', 'dataclasses', 'typing') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-S", "-c", code], check=True, capture_output=True, text=True)
@@ -431,7 +431,7 @@ def test_lookup_results_are_valid_and_under_targets(files, imgs):
     assert all(d.severity in ("error", "warning") and d.line >= 1 for d in diags)
     assert json.loads(json.dumps([layer, targets])) == [layer, targets]
     for image in imgs:
-        hit = None if layer is None else mapfile.lookup(layer, parse_ref(image), image)
+        hit = None if layer is None else maplookup.lookup(layer, parse_ref(image), image)
         if hit is None:
             continue
         new, rule = hit
@@ -450,4 +450,4 @@ def test_parse_never_raises_on_arbitrary_text(text, imgs):
     assert all(1 <= d.line <= text.count("\n") + 1 for d in diags)
     for image in imgs:
         if layer is not None:
-            mapfile.lookup(layer, parse_ref(image), image)
+            maplookup.lookup(layer, parse_ref(image), image)

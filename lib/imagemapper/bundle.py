@@ -22,7 +22,7 @@ from types import CodeType
 
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # What the mutate hook runs, and what those modules import lazily on the way.
-ROOTS = ("entrypoints", "admission", "imagemap", "mapfile", "counters", "gate")
+ROOTS = ("entrypoints", "admission", "imagemap", "maplookup", "counters", "gate")
 FUTURE = "from __future__ import annotations"
 
 

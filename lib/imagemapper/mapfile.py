@@ -1,14 +1,13 @@
-"""imageswap-compatible map files: text -> entries + diagnostics -> compiled layer -> lookup.
+"""imageswap-compatible map files: text -> lines + diagnostics -> compiled layer.
 
 The grammar and the MAPS-mode swap rules are those of imageswap-webhook v1.5.3, so an
 imageswap user can move a map file over unchanged. Every upstream MAPS-mode test case
 gives the same result here (``tests/data/imageswap/cases.json``).
 
-:func:`lookup` runs in the admission hook, a fresh ``python3 -S`` process per Pod, so this
-module imports nothing but :mod:`imagemapper.reference` at module level, and the lookup
-imports :mod:`fnmatch` (and with it ``re``) only for a layer that has ``[REPLACE]`` rules.
-A compiled layer and its targets are plain dicts and lists: they go into the (``marshal``) snapshot
-file as they are.
+The layer's lookup, which runs in the admission hook, is :mod:`imagemapper.maplookup`, so
+that the per-Pod process loads none of the grammar. This module imports no ``re`` either
+(:mod:`fnmatch` only to report shadowed ``[REPLACE]`` rules). A compiled layer and its
+targets are plain dicts and lists: they go into the (``marshal``) snapshot file as they are.
 
 Deliberate divergences from imageswap, each also listed in ``docs/mapfiles.md``:
 
@@ -39,14 +38,13 @@ Deliberate divergences from imageswap, each also listed in ``docs/mapfiles.md``:
 from __future__ import annotations
 
 from imagemapper import kube
+from imagemapper.maplookup import DEFAULT, bare_registry
 from imagemapper.reference import (
     DEFAULT_DOMAIN,
     LEGACY_DOMAIN,
     InvalidReference,
-    Reference,
     is_registry,
     is_valid,
-    short_path,
     split_domain,
     split_port,
     split_prefix,
@@ -58,11 +56,9 @@ from imagemapper.rules import TARGET_KINDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Final
 
-    from imagemapper.shapes import CompiledTargets, Found, Hit, MapFileLayer
+    from imagemapper.shapes import CompiledTargets, MapFileLayer
 
-DEFAULT: Final = "default"  # Final: a layer key the type checker knows
 NOSWAP = "noswap_wildcards"
 EXACT_KEYWORD = "[EXACT]"  # key prefixes; the "exact" and "replace" kinds are what they make
 REPLACE_KEYWORD = "[REPLACE]"
@@ -92,8 +88,6 @@ PORT_NEEDS_SEPARATOR = "MapLinePortNeedsDoubleColon"  # key:port:value with one-
 BAD_KEY = "MapLineInvalidKey"
 BAD_VALUE = "MapLineInvalidValue"
 
-INVALID_RESULT = "; result {!r} is not a valid reference, image left unchanged"
-NOT_A_REPO = "; value is not a repository for an image named exactly like the key, image left unchanged"
 
 
 class Diagnostic:
@@ -417,7 +411,7 @@ def _value_targets(value: str, key: str | None, out: dict[str, set[str]]) -> Non
     out["prefix"].add(prefix)
     if key is None:
         return
-    if not split_port(key.partition("/")[0])[1] and _bare_registry(value):
+    if not split_port(key.partition("/")[0])[1] and bare_registry(value):
         out["strprefix"].add(value + ":")  # port fallback keeps the image's port
     if "/" in key and "/" in value:
         name = parse_reference(value).name  # an image named exactly like the key
@@ -438,120 +432,3 @@ def _prefix_of(value: str) -> str:
     """Normalized name prefix of everything ``value + "/" + path`` can spell."""
     domain, rest = split_prefix(value)
     return domain + "/" + rest if rest else domain
-
-
-def _bare_registry(value: str) -> bool:
-    """A value that is a registry host alone, so a port may be added to it."""
-    return "/" not in value and ":" not in value and is_registry(value)
-
-
-# ---------------------------------------------------------------------------- lookup
-
-
-def lookup(layer: MapFileLayer, ref: Reference, raw: str) -> Found:
-    """Decide one image: None = no opinion, else (new image or None to leave it, rule text).
-
-    Order: [EXACT] > [REPLACE] > (nothing more without default) > longest registry/path
-    key (then the same without the image's port) > noswap_wildcards > default.
-    """
-    exact = layer.get("exact")
-    if exact:
-        hit = exact.get(str(ref))
-        if hit is not None:
-            return (hit[0] or None), hit[1]
-    replace = layer.get("replace")
-    if replace:
-        found = _lookup_replace(replace, ref, raw)
-        if found is not None:
-            return found
-    default = layer.get(DEFAULT)
-    if default is None:
-        return None
-    keys = layer.get("keys")
-    if keys:
-        found = _lookup_keys(keys, ref)
-        if found is not None:
-            return found
-    noswap = layer.get("noswap")
-    if noswap and noswap[0]:
-        full = str(ref)
-        for pattern in noswap[0]:
-            if pattern in raw or pattern in full:
-                return None, noswap[1]
-    return _lookup_default(default, ref)
-
-
-def _lookup_default(default: Hit, ref: Reference) -> Found:
-    """``default::value``: the image moved under ``value``; a dash value goes before the host."""
-    value, rule = default
-    if not value:
-        return None, rule
-    host = split_port(ref.domain)[0]
-    path = short_path(ref.domain, ref.path)
-    if value.endswith("-"):
-        return _checked(value + host.lower() + "/" + path + ref.suffix, rule)
-    return _checked(value + "/" + path + ref.suffix, rule)
-
-
-def _lookup_replace(replace: list[list[str]], ref: Reference, raw: str) -> Found:
-    from fnmatch import fnmatchcase  # imports re: only layers with [REPLACE] pay for it
-
-    full = str(ref)
-    for glob, value, rule in replace:
-        if fnmatchcase(raw, glob) or fnmatchcase(full, glob):
-            if not value:
-                return None, rule
-            last = ref.path.rpartition("/")[2]
-            return _checked(value.rstrip("/") + "/" + last + ref.suffix, rule)
-    return None
-
-
-def _lookup_keys(keys: dict[str, Hit], ref: Reference) -> Found:
-    host, port = split_port(ref.domain)
-    domain = ref.domain
-    hit = _longest(keys, domain, ref.path)
-    if hit is None and port:
-        domain = host
-        hit = _longest(keys, domain, ref.path)
-    if hit is None:
-        return None
-    key_path, (value, rule) = hit
-    if not value:
-        return None, rule
-    if value.endswith("-"):
-        path = short_path(ref.domain, ref.path)
-        return _checked(value + host.lower() + "/" + path + ref.suffix, rule)
-    if key_path is None:
-        rest = short_path(ref.domain, ref.path)
-    else:
-        rest = ref.path[len(key_path) + 1:]
-    if not rest:
-        if "/" not in value:
-            return None, rule + NOT_A_REPO
-        return _checked(value + ref.suffix, rule)
-    if domain != ref.domain and _bare_registry(value):
-        value = value + ":" + port
-    return _checked(value + "/" + rest + ref.suffix, rule)
-
-
-def _longest(keys: dict[str, Hit], domain: str, path: str) -> tuple[str | None, Hit] | None:
-    """Longest key among ``domain/path`` cut at component boundaries; (key path, entry)."""
-    cut = len(path)
-    while cut > 0:
-        hit = keys.get(domain + "/" + path[:cut])
-        if hit is not None:
-            return path[:cut], hit
-        cut = path.rfind("/", 0, cut)
-    hit = keys.get(domain)
-    if hit is not None:
-        return None, hit
-    return None
-
-
-def _checked(new: str, rule: str) -> tuple[str | None, str]:
-    """Never hand out an invalid reference (too long, IPv6 host after a dash, ...)."""
-    try:
-        parse_reference(new)
-    except InvalidReference:
-        return None, rule + INVALID_RESULT.format(new)
-    return new, rule

@@ -99,9 +99,9 @@ def _imagemap_lookup(layer: ImageMapLayer, ref: Reference, raw: str) -> Found:
 
 
 def _mapfile_lookup(layer: MapFileLayer, ref: Reference, raw: str) -> Found:
-    from imagemapper import mapfile
+    from imagemapper import maplookup
 
-    return mapfile.lookup(layer, ref, raw)
+    return maplookup.lookup(layer, ref, raw)
 
 
 def _layers(ns_doc: NamespaceDoc | None, cluster_doc: ClusterDoc | None) -> Iterator[tuple[str, Lookup, Any]]:
