@@ -1,11 +1,13 @@
 """The sync hook's work: cluster state in; snapshot, status, Events and metrics out.
 
-All three bindings of the sync hook share one group, so every run sees the full current
-state (``snapshots``) and recompiles what changed. The work is kept idempotent across
-replicas and restarts:
+ImageMaps arrive one event at a time and the hook keeps its own copy of them
+(:mod:`imagemapper.syncstate`); map files and the webhook configuration share a group,
+so those runs see all of them. Each run recompiles only the namespaces that changed
+(see hookconfig.sync_config). The work is kept idempotent across replicas and restarts:
 
 * status is patched only when the desired status differs from the object's current
-  one (the jqFilter leaves status out, so our own status writes do not wake the hook);
+  one, which the jqFilter carries (our own status write wakes the hook once more, and
+  that run finds nothing to do);
 * Events get a name derived from their content and are created with
   ``CreateIfNotExists``, so two replicas, or a rerun, never duplicate one. A map
   file's diagnostics are logged and sent as an Event only when they change

@@ -339,6 +339,7 @@ def measure_latency(pods: int = PODS, concurrency: tuple[int, ...] = CONCURRENCY
             for phase in PHASES:  # warm-up: connections, first hook runs, caches
                 check_phase(cp, phase, api.create_pods(f"latency-{phase}",
                                                        [f"warm-{i}" for i in range(WARMUP)], 1))
+            result["idle_cpu_ms_per_s"] = idle_cpu(pids)
             for level in concurrency:
                 for phase, (_, webhook) in PHASES.items():
                     result["phases"].append(run_phase(api, phase, webhook, pods, level, pids))
@@ -351,6 +352,13 @@ def measure_latency(pods: int = PODS, concurrency: tuple[int, ...] = CONCURRENCY
     result["wall_s"] = time.monotonic() - started
     result["ratios"] = ratios(result["phases"])
     return result
+
+
+def idle_cpu(pids: dict[str, int], seconds: float = 5.0) -> dict[str, float]:
+    """CPU per second of each component with no Pod being created (watches, leases, timers)."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    time.sleep(seconds)
+    return {name: (cpu_seconds(pid) - before[name]) * 1e3 / seconds for name, pid in pids.items()}
 
 
 def measure_settings(cp: ControlPlane, installation: Installation, replica: Any, hooks: Path,
@@ -466,7 +474,15 @@ def latency_table(result: dict[str, Any]) -> str:
     excl_top = _phase(result, "excluded", top)
     per_pod = _cpu(ours_top, "shell-operator + hooks")
     api_ours, api_excl = _cpu(ours_top, "kube-apiserver", "etcd"), _cpu(excl_top, "kube-apiserver", "etcd")
-    api_base = _cpu(_phase(result, "baseline", top), "kube-apiserver", "etcd")
+    base_top, fixed_top_ = _phase(result, "baseline", top), _phase(result, "fixed", top)
+    api_base = _cpu(base_top, "kube-apiserver", "etcd")
+    api_fixed = _cpu(fixed_top_, "kube-apiserver", "etcd")
+    idle = result.get("idle_cpu_ms_per_s", {})
+    idle_api = idle.get("kube-apiserver", 0.0) + idle.get("etcd", 0.0)
+
+    def net(entry: dict[str, Any]) -> float:
+        """API-server CPU per Pod less its idle CPU over the phase's duration."""
+        return _cpu(entry, "kube-apiserver", "etcd") - idle_api * entry["wall_s"] / entry["pods"]
     settings_rows = ["| shell-operator settings | mutate.py Pods/s | fixed hook Pods/s | mutate.py / fixed "
                      "| shell-operator + hooks CPU ms/Pod (mutate.py) |", "|---|---:|---:|---:|---:|"]
     for row in result.get("settings", []):
@@ -510,14 +526,18 @@ concurrency {g['mid']}: **{g['p99']:.2f}x** the fixed hook's (goal <= 1.2x).
 the admissions the Service sends it, with its own snapshot); the API server and etcd
 then become the limit.
 
-**What a slow webhook costs the API server.** kube-apiserver + etcd used
-{api_ours:.1f} ms of CPU per Pod with our webhook, {api_base:.1f} ms with the in-process baseline webhook
-and {api_excl:.1f} ms with none, at concurrency {top}. The webhook call itself (TLS, the
-AdmissionReview encode/decode, applying the patch) is the baseline's extra; what exceeds it
-grows with the time a request is held open: at high concurrency a slower webhook keeps more
-requests in flight at once (timeouts, watch-cache and priority-and-fairness bookkeeping,
-more goroutines scheduled), and the API server's own CPU per Pod rises with it. Shorter
-webhook latency is what shrinks it; see the scale-out notes.
+**What a slow webhook costs the API server.** kube-apiserver + etcd used {api_ours:.1f} ms of CPU
+per Pod with our webhook, {api_fixed:.1f} ms with the fixed-answer hook, {api_base:.1f} ms with the
+in-process baseline webhook and {api_excl:.1f} ms with none, at concurrency {top}. With no Pod
+being created they use {idle_api:.0f} ms of CPU per second (watches, leases, controllers'
+requests, scrapes). That idle cost is spread over the Pods of a phase, so a phase that
+admits fewer Pods per second carries more of it per Pod: subtracting it leaves
+{net(ours_top):.1f} ms (ours), {net(fixed_top_):.1f} ms (fixed), {net(base_top):.1f} ms (baseline) and
+{net(excl_top):.1f} ms (none). What remains over "none" is the webhook call itself: the
+AdmissionReview encoded and decoded, TLS, and for a mutating answer the JSON Patch applied
+and the object decoded again. So the rise is mostly not work per Pod but fewer Pods per
+second; what shrinks it is a webhook that answers faster (more Pods/s per replica, or more
+replicas), not fewer rules.
 
 Settings, measured in the same run at concurrency {SETTINGS_LEVEL} (one replica restarted per
 variant, so these rows do not share a moment; compare each row's two Pods/s columns):
