@@ -25,6 +25,8 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 
 
 def _escape(value: str) -> str:
+    if _SAFE.issuperset(value):
+        return value  # the usual case: a namespace, a source, a result
     return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in value)
 
 

@@ -623,6 +623,36 @@ and the counters moved after the answer, one small file per series.
 
 {e2e_section or "(End-to-end figures: run `make bench-long`.)"}
 
+## Goals missed, where the time goes, what was tried
+
+* **Goal 2 (hook <= 1.3x the floor).** The decomposition and the profile above: after
+  the interpreter, the bundle load is most of what is left: `marshal.loads` of the
+  modules' code and `__build_class__` for the classes their bodies define (25 on the hot
+  path); the admission's own work is about a millisecond. Tried and kept: the one-file
+  `pread` snapshot, the bundle (one read, no run-time `__future__`), no `O_TRUNC`, the C
+  encoder, counters after the answer, state and temp files on tmpfs (on this shared
+  machine's disk the same hook measured 1.48x against 1.30x on tmpfs, same run). Tried
+  and dropped: removing `binascii` (within noise). Not done: cutting the bundle to the
+  functions the hook calls (fewer code objects and classes to load), and lazy loading of
+  the `imagemap`/`mapfile` lookups. The admission gate (`gate.py`, a concurrency bound
+  added for security) imports `fcntl` and takes a lock on every admission; its cost is in
+  these figures.
+* **Goal 3 (>= 90% of a fixed-answer hook at concurrency 50; p99 <= 1.2x at 10).** The
+  CPU column says why: shell-operator plus the hook use about 16 ms of CPU per Pod for
+  mutate.py against about 10 ms for the fixed hook, which imports nothing and reads
+  nothing. On two cores shared with kube-apiserver, etcd and the client, throughput
+  follows CPU per Pod, so the ratio is about 10/16, far from 90%. The difference is the
+  hook process itself (the modules, reading the context, the snapshot, the answer and
+  the counters) plus shell-operator's handling of our two log lines per rewrite. Of the
+  settings, the memory-backed temp dir and state are what the figures support; LOG_LEVEL
+  changes little in CPU per Pod and the rewrite log lines are a documented feature, so
+  it stays `info`.
+* **Goal 4 (start-up rebuild <= 2 s).** A full build compiles 100k ImageMap entries;
+  that compile (`imagemap.resolve_namespace`, `reference.parse`) is most of it, and it
+  moves with the machine's load: 1.7 s in process on a quieter run, more under load, and
+  the previous code took longer in the same runs (the "before" row). The one-change run
+  meets its goal because only the changed namespace is compiled.
+
 {scale_note(fig)}"""
 
 
@@ -632,6 +662,7 @@ def main() -> int:
     parser.add_argument("--e2e", action="store_true", help="also run the end-to-end latency figures")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse the last run's figures (~/.cache/image-mapper-bench) and only add --e2e")
+    parser.add_argument("--e2e-json", metavar="FILE", help="render the end-to-end section from a saved result")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "performance.md"))
     args = parser.parse_args()
     cache = os.path.expanduser("~/.cache/image-mapper-bench/figures.json")
@@ -644,11 +675,18 @@ def main() -> int:
         with open(cache, "w", encoding="utf-8") as handle:
             json.dump(fig, handle)
     print(table(fig))
-    if args.e2e:
+    if args.e2e or args.e2e_json:
         sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
         from latency import latency_table, measure_latency
 
-        e2e_section = f"{E2E_BEGIN}\n{latency_table(measure_latency())}\n{E2E_END}"
+        if args.e2e_json:  # a saved measure_latency() result (when the e2e ports are taken)
+            with open(args.e2e_json, encoding="utf-8") as handle:
+                result = json.load(handle)
+        else:
+            result = measure_latency()
+            with open(os.path.expanduser("~/.cache/image-mapper-bench/latency.json"), "w") as handle:
+                json.dump(result, handle, default=str)
+        e2e_section = f"{E2E_BEGIN}\n{latency_table(result)}\n{E2E_END}"
         print(e2e_section)
     else:
         e2e_section = _kept_e2e(args.out)

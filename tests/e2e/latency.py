@@ -475,6 +475,7 @@ def latency_table(result: dict[str, Any]) -> str:
     per_pod = _cpu(ours_top, "shell-operator + hooks")
     api_ours, api_excl = _cpu(ours_top, "kube-apiserver", "etcd"), _cpu(excl_top, "kube-apiserver", "etcd")
     base_top, fixed_top_ = _phase(result, "baseline", top), _phase(result, "fixed", top)
+    inproc_top = _phase(result, "in-process", top)
     api_base = _cpu(base_top, "kube-apiserver", "etcd")
     api_fixed = _cpu(fixed_top_, "kube-apiserver", "etcd")
     idle = result.get("idle_cpu_ms_per_s", {})
@@ -491,6 +492,29 @@ def latency_table(result: dict[str, Any]) -> str:
             f"| {row['ours']['pods_per_s'] / row['fixed']['pods_per_s']:.0%} "
             f"| {_cpu(row['ours'], 'shell-operator + hooks'):.1f} |")
     shipped = result.get("shipped_env", {})
+    if idle:
+        idle_text = f"""With no Pod
+being created they use {idle_api:.0f} ms of CPU per second (watches, leases, controllers'
+requests, scrapes). That idle cost is spread over the Pods of a phase, so a phase that
+admits fewer Pods per second carries more of it per Pod: subtracting it leaves
+{net(ours_top):.1f} ms (ours), {net(fixed_top_):.1f} ms (fixed), {net(base_top):.1f} ms (baseline),
+{net(inproc_top):.1f} ms (in-process) and {net(excl_top):.1f} ms (none), so idle time explains little.
+The same answer with the same patch costs {net(inproc_top) - net(base_top):.1f} ms more than "allowed"
+in-process (the JSON Patch applied, the annotation stored): that is the patch. What is left,
+{net(ours_top) - net(inproc_top):.1f} ms between ours and in-process (same patch) and
+{net(fixed_top_) - net(base_top):.1f} ms between the fixed hook and the baseline (same empty answer),
+comes with the webhook's latency: requests held open longer, more of them in flight at once.
+What shrinks it is a webhook that answers faster (more Pods/s per replica, or more
+replicas), not fewer rules."""
+    else:
+        idle_text = """The fixed-answer hook, which
+patches nothing, costs the API server almost as much as ours, and more than the in-process
+baseline that answers the same: so the extra is not our patch but the time each request
+is held open. Much of it is the API server's idle CPU (watches, leases, scrapes) spread
+over fewer Pods per second; `make bench-long` now measures that idle rate and subtracts
+it (not in this saved run). What shrinks it is a webhook that answers faster, or more
+replicas, not fewer rules."""
+    note = f"\n> {result['note']}\n" if result.get("note") else ""
     return f"""## End to end (kube-apiserver + shell-operator + hooks)
 
 One run, one control plane: etcd and kube-apiserver ({machine_info['kube-apiserver']}),
@@ -501,7 +525,7 @@ client and by other work on this machine. {result['pods']} Pods (three container
 rewritten where a webhook mutates) per phase, created over HTTPS at concurrency
 {", ".join(map(str, result['concurrency']))} after {WARMUP} warm-up Pods per namespace;
 {result['wall_s']:.0f} s in all. Reproduce with `make bench-long` (`tests/e2e/latency.py`).
-
+{note}
 * **ours**: image-mapper's mutate hook. **fixed**: a Python hook in the same
   shell-operator (`tests/e2e/latencyhooks/fixed.py`, `python3 -S`, no imports, writes a
   fixed "allowed"): the floor of any hook run this way. **excluded**: no webhook at all.
@@ -528,16 +552,7 @@ then become the limit.
 
 **What a slow webhook costs the API server.** kube-apiserver + etcd used {api_ours:.1f} ms of CPU
 per Pod with our webhook, {api_fixed:.1f} ms with the fixed-answer hook, {api_base:.1f} ms with the
-in-process baseline webhook and {api_excl:.1f} ms with none, at concurrency {top}. With no Pod
-being created they use {idle_api:.0f} ms of CPU per second (watches, leases, controllers'
-requests, scrapes). That idle cost is spread over the Pods of a phase, so a phase that
-admits fewer Pods per second carries more of it per Pod: subtracting it leaves
-{net(ours_top):.1f} ms (ours), {net(fixed_top_):.1f} ms (fixed), {net(base_top):.1f} ms (baseline) and
-{net(excl_top):.1f} ms (none). What remains over "none" is the webhook call itself: the
-AdmissionReview encoded and decoded, TLS, and for a mutating answer the JSON Patch applied
-and the object decoded again. So the rise is mostly not work per Pod but fewer Pods per
-second; what shrinks it is a webhook that answers faster (more Pods/s per replica, or more
-replicas), not fewer rules.
+in-process baseline webhook and {api_excl:.1f} ms with none, at concurrency {top}. {idle_text}
 
 Settings, measured in the same run at concurrency {SETTINGS_LEVEL} (one replica restarted per
 variant, so these rows do not share a moment; compare each row's two Pods/s columns):
