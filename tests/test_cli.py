@@ -183,6 +183,18 @@ def test_check_shows_compile_warnings(tmp_path):
     assert strict.returncode == 1 and "WARNINGS (0 errors, 1 warning)" in strict.stdout
 
 
+def test_check_names_entries_a_cluster_target_keeps_from_firing(tmp_path):
+    """Issue 11.2: a chain across layers is reported by check, as at apply and in status."""
+    cluster = write(tmp_path, "cluster.conf", "default::\ndocker.io::mirror.corp/hub\n")
+    imap = write(tmp_path, "im.yaml", "apiVersion: imagemapper.io/v1alpha1\nkind: ImageMap\n"
+                 "metadata: {name: m, namespace: shop}\nspec:\n  map:\n"
+                 "  - {from: mirror.corp/hub/*, to: team.corp/*}\n  - {from: redis, to: team.corp/redis}\n")
+    out = cli("check", "--cluster-map-file", cluster, imap)
+    assert out.returncode == 0 and "WARNINGS (0 errors, 1 warning)" in out.stdout
+    assert "spec.map[0] (mirror.corp/hub/*) never fires" in out.stderr and "spec.map[1]" not in out.stderr
+    assert "ok (0 errors, 0 warnings)" in cli("check", imap).stdout  # without the cluster file
+
+
 def test_check_reports_every_problem_without_cutting_the_list(tmp_path):
     items = "".join(f"  - from: 'Bad {i}'\n" for i in range(4))
     out = check(tmp_path, "many.yaml", IMAGEMAP_HEAD + "spec:\n  map:\n" + items)

@@ -14,7 +14,7 @@ import argparse
 import difflib
 import sys
 
-from imagemapper import imagemap, inputs, lint
+from imagemapper import imagemap, inputs, kube, lint
 from imagemapper.mapfile import MapFileInput
 from imagemapper.settings import MAP_FILE_LABEL
 
@@ -31,19 +31,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     ck.add_argument("files", nargs="+", metavar="FILE",
                     help="a raw map file, or YAML with ImageMaps and map-file ConfigMaps "
                          "(several documents, Lists, `kubectl get -o yaml` output); '-' for stdin")
+    ck.add_argument("--cluster-map-file", action="append", default=[], metavar="FILE",
+                    help="a cluster-wide map file in force: warn about ImageMap entries that "
+                         "its targets keep from firing (chains across layers)")
     ck.add_argument("--strict", action="store_true",
                     help="exit 1 when a file has warnings, too (each is something the cluster "
                          "would not do as written)")
     return ck
 
 
-def check_file(path: str) -> tuple[list[str], list[str]]:
+def check_file(path: str, cluster_targets: dict | None = None) -> tuple[list[str], list[str]]:
     """Lint one file; return (errors, warnings), each naming the place."""
     from imagemapper.cli import _read
 
     text = _read(path)
     if inputs.is_yaml_objects(path, text):
-        return _check_objects(path, text)
+        return _check_objects(path, text, cluster_targets)
     return _split(lint.mapfile_diagnostics(MapFileInput("", path, "", {"file": text}, label=path)))
 
 
@@ -54,7 +57,7 @@ def _split(diags: list[Diagnostic]) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-def _check_objects(path: str, text: str) -> tuple[list[str], list[str]]:
+def _check_objects(path: str, text: str, cluster_targets: dict | None = None) -> tuple[list[str], list[str]]:
     try:
         docs, duplicates = inputs.yaml_documents(path, text)
     except inputs.InputError as exc:
@@ -70,6 +73,12 @@ def _check_objects(path: str, text: str) -> tuple[list[str], list[str]]:
             bad, notes = lint.imagemap_problems(doc.obj)
             errors += [f"{doc.where} (ImageMap {doc.name()}): {e}" for e in bad]
             warnings += [f"{doc.where} (ImageMap {doc.name()}): {w}" for w in notes]
+            if cluster_targets:
+                from imagemapper.chains import cross_layer
+
+                items = kube.resolve(doc.obj, "spec", "map")
+                warnings += [f"{doc.where} (ImageMap {doc.name()}): {w}"
+                             for w in cross_layer(items if isinstance(items, list) else [], cluster_targets)]
             if not bad:
                 maps.append(_as_input(doc, len(maps)))
         elif doc.kind == "ConfigMap":
@@ -117,12 +126,24 @@ def _conflicts(path: str, maps: list[imagemap.MapInput]) -> list[str]:
     return out
 
 
-def run(paths: list[str], strict: bool = False) -> int:
+def _cluster_targets(paths: list[str]) -> dict | None:
+    """The targets of the given cluster-wide map files, as the sync hook compiles them."""
+    if not paths:
+        return None
+    from imagemapper import compiler
+    from imagemapper.cli import _read
+
+    files = [MapFileInput("", path, "", {"file": _read(path)}, label=path) for path in paths]
+    return compiler.compile_cluster(files)[0]["targets"]
+
+
+def run(paths: list[str], strict: bool = False, cluster_map_files: list[str] | None = None) -> int:
     from imagemapper.cli import plural
 
     failed = False
+    targets = _cluster_targets(cluster_map_files or [])
     for path in paths:
-        errors, warnings = check_file(path)
+        errors, warnings = check_file(path, targets)
         for line in warnings:
             print(f"warning: {line}", file=sys.stderr)
         for line in errors:

@@ -317,7 +317,7 @@ def _run(args: argparse.Namespace) -> int:
     from imagemapper import checkcmd, explaincmd
 
     if args.command == "check":
-        return checkcmd.run(args.files, args.strict)
+        return checkcmd.run(args.files, args.strict, args.cluster_map_file)
     if args.command == "explain":
         return explaincmd.run(args)
     if args.command == "snapshot-dump":
