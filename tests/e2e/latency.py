@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import ssl
 import sys
 import tempfile
@@ -274,6 +275,7 @@ SETTINGS: dict[str, dict[str, str]] = {
     "LOG_LEVEL=error": {"LOG_LEVEL": "error"},
 }
 SETTINGS_LEVEL = 50
+_MEMORY_DIRS: list[Path] = []
 SETTINGS_PHASES = ("ours", "fixed")
 
 
@@ -291,6 +293,8 @@ def settings_env(workdir: Path, name: str, overrides: dict[str, str]) -> dict[st
     """The overrides of one settings variant; the temp dir is on tmpfs unless it says disk."""
     tmp = (workdir / f"tmp-{len(name)}") if overrides.get("SHELL_OPERATOR_TMP_DIR") == "disk" else \
         Path(tempfile.mkdtemp(prefix="im-latency-", dir="/dev/shm"))
+    if tmp.parent != workdir:
+        _MEMORY_DIRS.append(tmp)  # removed when the run ends
     tmp.mkdir(parents=True, exist_ok=True)
     return {**overrides, "SHELL_OPERATOR_TMP_DIR": str(tmp)}
 
@@ -347,6 +351,9 @@ def measure_latency(pods: int = PODS, concurrency: tuple[int, ...] = CONCURRENCY
                 result["settings"] = measure_settings(cp, installation, replica, hooks, api, pods)
         finally:
             baseline.stop()
+            for path in _MEMORY_DIRS:
+                shutil.rmtree(path, ignore_errors=True)
+            _MEMORY_DIRS.clear()
         bounds = sorted(histogram(api.get("/metrics"), OURS))
         result["buckets"] = [b for b in bounds if b != float("inf")]
     result["wall_s"] = time.monotonic() - started
