@@ -25,7 +25,8 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -436,3 +437,28 @@ class Installation:
         """`kubectl delete` of what install() applied (the replaced objects are not there)."""
         return self.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false",
                             input=self.bundle.applied_yaml(), timeout=120)
+
+
+@contextmanager
+def serving(control_plane: ControlPlane, overrides: Mapping[str, str] | None = None, *,
+            start: bool = True) -> Iterator[Installation]:
+    """A test module's installation: the bundle installed and (unless start=False) one
+    replica serving with `overrides`, the probe ImageMap removed. On exit the replicas stop
+    and the webhook configurations go: one that nobody serves (failurePolicy Fail) would
+    block the next module's Pods."""
+    missing = prerequisites()
+    if missing:
+        import pytest
+
+        pytest.fail("image-mapper e2e prerequisites missing:\n  " + "\n  ".join(missing), pytrace=False)
+    installation = Installation(control_plane)
+    installation.install()
+    try:
+        if start:
+            installation.start(overrides)
+            control_plane.kubectl("delete", "imagemap", "probe", "-n", PROBE_NS, "--ignore-not-found")
+        yield installation
+    finally:
+        installation.stop_all()
+        control_plane.kubectl("delete", "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+                              CONFIGURATION, "--ignore-not-found", check=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from cluster import ControlPlane, kubectl_binary, wait_until
-from install import OPERATOR_NS, PROBE_NS, REPO, Installation, imagemap, images_of, mapfile, pod, prerequisites
+from install import OPERATOR_NS, REPO, Installation, imagemap, images_of, mapfile, pod, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -29,21 +29,12 @@ EXCLUDED = "fh-excluded"
 
 @pytest.fixture(scope="module")
 def installation(control_plane: ControlPlane) -> Iterator[Installation]:
-    missing = prerequisites()
-    if missing:
-        pytest.fail("image-mapper e2e prerequisites missing:\n  " + "\n  ".join(missing), pytrace=False)
-    installation = Installation(control_plane)
-    installation.install()
-    installation.start({"IMAGE_MAPPER_EXCLUDE_NAMESPACES": f"other-ns,{EXCLUDED}"})
-    control_plane.kubectl("delete", "imagemap", "probe", "-n", PROBE_NS, "--ignore-not-found")
-    try:
-        yield installation
-    finally:
-        installation.stop_all()
-        control_plane.kubectl("delete", "namespace", EXCLUDED, "--ignore-not-found", "--wait=false",
-                              check=False)
-        control_plane.kubectl("delete", "mutatingwebhookconfiguration,validatingwebhookconfiguration",
-                              "image-mapper-hooks", "--ignore-not-found", check=False)
+    with serving(control_plane, {"IMAGE_MAPPER_EXCLUDE_NAMESPACES": f"other-ns,{EXCLUDED}"}) as installation:
+        try:
+            yield installation
+        finally:
+            control_plane.kubectl("delete", "namespace", EXCLUDED, "--ignore-not-found", "--wait=false",
+                                  check=False)
 
 
 @pytest.fixture(scope="module")

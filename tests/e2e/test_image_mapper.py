@@ -42,7 +42,7 @@ from install import (
     mapfile,
     originals_of,
     pod,
-    prerequisites,
+    serving,
 )
 
 pytestmark = pytest.mark.e2e
@@ -86,18 +86,8 @@ class Operators:
 
 @pytest.fixture(scope="module")
 def installation(control_plane: ControlPlane) -> Iterator[Installation]:
-    missing = prerequisites()
-    if missing:
-        pytest.fail("image-mapper e2e prerequisites missing:\n  " + "\n  ".join(missing), pytrace=False)
-    installation = Installation(control_plane)
-    installation.install()
-    try:
+    with serving(control_plane, start=False) as installation:
         yield installation
-    finally:
-        installation.stop_all()
-        # A configuration nobody serves (failurePolicy Fail) would block later Pods.
-        control_plane.kubectl("delete", "mutatingwebhookconfiguration,validatingwebhookconfiguration",
-                              CONFIGURATION, "--ignore-not-found", check=False)
 
 
 @pytest.fixture(scope="module")

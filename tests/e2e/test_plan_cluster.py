@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cluster import ControlPlane, kubectl_binary, wait_until
-from install import PROBE_NS, REPO, Installation, imagemap, images_of, pod, prerequisites
+from install import REPO, Installation, imagemap, images_of, pod, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -25,19 +25,8 @@ TEAM_MIRROR = yaml.safe_load((REPO / "examples" / "imagemap.yaml").read_text())[
 
 @pytest.fixture(scope="module")
 def installation(control_plane: ControlPlane) -> Iterator[Installation]:
-    missing = prerequisites()
-    if missing:
-        pytest.fail("image-mapper e2e prerequisites missing:\n  " + "\n  ".join(missing), pytrace=False)
-    installation = Installation(control_plane)
-    installation.install()
-    installation.start()
-    control_plane.kubectl("delete", "imagemap", "probe", "-n", PROBE_NS, "--ignore-not-found")
-    try:
+    with serving(control_plane) as installation:
         yield installation
-    finally:
-        installation.stop_all()
-        control_plane.kubectl("delete", "mutatingwebhookconfiguration,validatingwebhookconfiguration",
-                              "image-mapper-hooks", "--ignore-not-found", check=False)
 
 
 def plan(cp: ControlPlane, *argv: str) -> subprocess.CompletedProcess[str]:
