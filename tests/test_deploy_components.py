@@ -65,11 +65,21 @@ def test_components_ship_the_common_choices():
 @pytest.mark.parametrize("component,variable,value", [
     ("opt-in", "IMAGE_MAPPER_NAMESPACE_MODE", "opt-in"),
     ("failure-policy-ignore", "IMAGE_MAPPER_FAILURE_POLICY", "Ignore"),
+    ("map-files-opt-in", "IMAGE_MAPPER_NAMESPACE_MAP_FILES", "opt-in"),
 ])
 def test_setting_components_change_one_variable(tmp_path, component, variable, value):
     base = operator_env(render(DEPLOY))
     env = operator_env(overlay(tmp_path, component))
     assert env == {**base, variable: value}
+
+
+def test_map_files_opt_in_grants_namespace_reads_only_with_it(tmp_path):
+    """Issue 11.12: the sync hook watches Namespaces only in opt-in mode, so only the
+    component that turns it on adds namespaces list/watch, and nothing else."""
+    base = find(render(DEPLOY), "ClusterRole", "image-mapper")["rules"]
+    assert not [r for r in base if "namespaces" in r["resources"]]
+    rules = find(overlay(tmp_path, "map-files-opt-in"), "ClusterRole", "image-mapper")["rules"]
+    assert rules == [*base, {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
 
 
 def test_exclude_namespaces_component_is_a_valid_setting(tmp_path):

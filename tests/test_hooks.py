@@ -520,6 +520,90 @@ def test_namespace_map_files_can_be_turned_off(state):
                            validation_request(mapfile("more", "default::\n"))).admission["allowed"] is True
 
 
+def namespace(name, labels=None):
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **(labels or {})}}}
+
+
+LABELED = {"imagemapper.io/map-files": "enabled"}
+UNLABELED = "unlabeled-mapfiles.validate.imagemapper.io"
+
+
+def mapfile_events(cluster, ns):
+    return sorted((e["involvedObject"]["name"], e["reason"]) for e in cluster.list("Event", ns)
+                  if e["involvedObject"]["kind"] == "ConfigMap")
+
+
+def test_namespace_map_files_opt_in_follow_the_namespace_label(state):
+    """Issue 11.12: IMAGE_MAPPER_NAMESPACE_MAP_FILES=opt-in. Only the map files of namespaces
+    labeled imagemapper.io/map-files=enabled count (and the cluster-wide ones); the label
+    coming or going takes effect at the next sync run, and an ignored ConfigMap is reported
+    once, when that starts. The watch costs nothing in the other modes."""
+    env = make_env(state, IMAGE_MAPPER_NAMESPACE_MAP_FILES="opt-in")
+    sync_config = load_config(hook("sync.py"), env)
+    binding = sync_config.kube("namespaces")
+    assert (binding.kind, binding.label_selector, binding.group) == (
+        "Namespace", {"matchLabels": LABELED}, "sync")
+    assert "namespaces" in sync_config.schedule("resync").include_snapshots
+    for mode in ("enabled", "disabled"):
+        other = load_config(hook("sync.py"), make_env(state, IMAGE_MAPPER_NAMESPACE_MAP_FILES=mode))
+        assert [b.name for b in other.kubernetes] == ["imagemaps", "mapfiles", "webhook"]
+        assert [w.name for w in load_config(hook("validate.py"), make_env(
+            state, IMAGE_MAPPER_NAMESPACE_MAP_FILES=mode)).validating] == [
+            "imagemaps.validate.imagemapper.io", "mapfiles.validate.imagemapper.io"]
+    cluster = Cluster([namespace(OPNS), namespace("shop"), namespace("team", LABELED),
+                       mapfile("cluster-map", "default::\ndocker.io::mirror.corp/hub\n"),
+                       mapfile("shop-map", "default::\ndocker.io::shop.corp/hub\n", ns="shop"),
+                       mapfile("team-map", "default::\ndocker.io::team.corp/hub\n", ns="team"),
+                       webhook_configuration()])
+    operator = Operator(hook("sync.py"), cluster=cluster, env=env)
+    operator.start()
+    assert all(r.ok for r in operator.drain())
+
+    def image_in(ns):
+        obj = pod({"web": "nginx:1.25"}, ns=ns)
+        result = run_hook(hook("mutate.py"), [{"binding": MUTATE, "type": "Mutating",
+                                               "review": {"request": pod_request(obj)}}], env)
+        return images_of(apply_admission(result.admission, obj))[0]
+
+    assert (image_in("shop"), image_in("team")) == ("mirror.corp/hub/nginx:1.25",
+                                                    "team.corp/hub/nginx:1.25")
+    assert mapfile_events(cluster, "shop") == [("shop-map", "MapFilesNotEnabled")]
+    assert mapfile_events(cluster, "team") == []
+    # The label comes to shop and goes from team: one sync run each way.
+    cluster.apply(namespace("shop", LABELED))
+    cluster.apply(namespace("team"))
+    assert all(r.ok for r in operator.drain())
+    assert (image_in("shop"), image_in("team")) == ("shop.corp/hub/nginx:1.25",
+                                                    "mirror.corp/hub/nginx:1.25")
+    assert mapfile_events(cluster, "team") == [("team-map", "MapFilesNotEnabled")]
+    # Reported when it changed only: later runs (a resync, another change) send nothing.
+    operator.fire_schedule("resync")
+    cluster.apply(imagemap("late", [{"from": "redis", "to": "team.corp/redis"}], ns="team"))
+    runs = operator.drain()
+    assert runs and all(r.ok for r in runs)
+    assert [op for r in runs for op in r.patch_operations
+            if (op.get("object") or {}).get("involvedObject", {}).get("kind") == "ConfigMap"] == []
+    assert (image_in("shop"), image_in("team")) == ("shop.corp/hub/nginx:1.25",
+                                                    "mirror.corp/hub/nginx:1.25")  # labels kept
+    # Apply time: the API server sends map files of unlabeled namespaces to UNLABELED.
+    validate = load_config(hook("validate.py"), env).admission(UNLABELED).raw
+    assert validate["namespace"]["labelSelector"]["matchExpressions"] == [
+        {"key": "imagemapper.io/map-files", "operator": "NotIn", "values": ["enabled"]},
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [OPNS]}]
+    assert validate["labelSelector"] == {"matchLabels": {"imagemapper.io/map-file": "true"}}
+    validator = Operator(hook("validate.py"), cluster=cluster, env=env)
+    new = validator.admit(UNLABELED, validation_request(mapfile("more", "default::\n", ns="team"))).admission
+    assert new["allowed"] is False and "imagemapper.io/map-files=enabled" in new["status"]["message"]
+    edit = validation_request(mapfile("team-map", "default::\n", ns="team"))
+    edit.update(operation="UPDATE", oldObject=mapfile("team-map", "default::\nx::y\n", ns="team"))
+    kept = validator.admit(UNLABELED, edit).admission
+    assert kept["allowed"] is True and any("is ignored" in w for w in kept["warnings"])
+    assert validator.admit(UNLABELED, validation_request(
+        {**mapfile("x", "default::\n", ns="team"), "metadata": {"name": "x", "namespace": "team"}}
+    )).admission["allowed"] is True  # not a map file (label removed): none of our business
+
+
 def test_allowed_targets_limit_namespace_rules(state):
     """Issue 11.12: IMAGE_MAPPER_ALLOWED_TARGETS. Namespace rules that send images elsewhere
     are refused at apply time; one that got in is reported and contributes nothing."""

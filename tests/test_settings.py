@@ -70,3 +70,47 @@ def test_operator_namespace_is_required_unless_told_otherwise():
 
 def test_settings_error_is_a_value_error():
     assert issubclass(SettingsError, ValueError)
+
+
+@pytest.mark.parametrize(("mode", "counted"), [
+    ("enabled", {"maps", "team", "shop"}),
+    ("opt-in", {"maps", "team"}),
+    ("disabled", {"maps"}),
+])
+def test_which_namespaces_map_files_count(mode, counted):
+    """Issue 11.12: the map namespace always counts; opt-in adds the labeled namespaces."""
+    s = from_env({**BASE, "IMAGE_MAPPER_NAMESPACE_MAP_FILES": mode, "IMAGE_MAPPER_MAP_NAMESPACE": "maps"})
+    assert s.namespace_map_files == mode
+    assert {ns for ns in ("maps", "team", "shop") if s.map_files_count(ns, {"team"})} == counted
+
+
+def test_bad_namespace_map_files_value_names_the_choices():
+    with pytest.raises(SettingsError, match=r"^IMAGE_MAPPER_NAMESPACE_MAP_FILES='labeled'.*enabled, opt-in, disabled"):
+        from_env({**BASE, "IMAGE_MAPPER_NAMESPACE_MAP_FILES": "labeled"})
+
+
+def test_namespace_label_watch_and_check_exist_only_in_opt_in_mode():
+    """The Namespace binding and the unlabeled-namespace webhook cost nothing otherwise;
+    in opt-in mode the binding hands over only the names of labeled namespaces."""
+    from imagemapper import hookconfig
+
+    for mode in ("enabled", "disabled"):
+        s = from_env({**BASE, "IMAGE_MAPPER_NAMESPACE_MAP_FILES": mode})
+        assert "Namespace" not in [b["kind"] for b in hookconfig.sync_config(s)["kubernetes"]]
+        assert hookconfig.VALIDATE_UNLABELED not in [
+            w["name"] for w in hookconfig.validate_config(s)["kubernetesValidating"]]
+    s = from_env({**BASE, "IMAGE_MAPPER_NAMESPACE_MAP_FILES": "opt-in"})
+    config = hookconfig.sync_config(s)
+    [binding] = [b for b in config["kubernetes"] if b["kind"] == "Namespace"]
+    assert binding == {"name": "namespaces", "apiVersion": "v1", "kind": "Namespace",
+                       "labelSelector": {"matchLabels": {"imagemapper.io/map-files": "enabled"}},
+                       "keepFullObjectsInMemory": False, "group": "sync", "jqFilter": ".metadata.name",
+                       "allowFailure": True}
+    assert "namespace" not in next(b for b in config["kubernetes"] if b["name"] == "mapfiles")
+    resync = next(b for b in config["schedule"] if b["name"] == "resync")
+    assert resync["includeSnapshotsFrom"] == ["imagemaps", "mapfiles", "webhook", "namespaces"]
+    [check] = [w for w in hookconfig.validate_config(s)["kubernetesValidating"]
+               if w["name"] == hookconfig.VALIDATE_UNLABELED]
+    assert check["failurePolicy"] == "Ignore"
+    assert check["namespace"]["labelSelector"]["matchExpressions"][1] == {
+        "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["image-mapper"]}

@@ -184,12 +184,9 @@ def _validate_mapfile(request: Payload, obj: Payload, settings: Settings) -> Adm
     cm = MapFileInput.from_object(obj)
     old = request.get("oldObject")
     if settings.namespace_map_files == "disabled" and cm.namespace != settings.map_namespace:
-        where = f"ConfigMap {cm.namespace}/{cm.name}"
-        if is_map_file(old):  # it was there before the setting: never block its removal
-            return protocol.allow([f"namespace map files are turned off; {where} is ignored"])
-        return protocol.deny(f"{where}: namespace map files are turned off "
-                             "(IMAGE_MAPPER_NAMESPACE_MAP_FILES=disabled); put rules in an ImageMap, "
-                             f"or ask a cluster admin for a map file in {settings.map_namespace}")
+        return _not_counted(cm, old, "namespace map files are turned off (IMAGE_MAPPER_NAMESPACE_MAP_FILES="
+                            "disabled); put rules in an ImageMap, or ask a cluster admin for a map file "
+                            f"in {settings.map_namespace}")
     old_data = MapFileInput.from_object(old).data if is_map_file(old) else {}
     if settings.allowed_targets and cm.namespace != settings.map_namespace and cm.data != old_data:
         from imagemapper.allowlist import mapfile_violations
@@ -217,6 +214,37 @@ def _validate_mapfile(request: Payload, obj: Payload, settings: Settings) -> Adm
         return protocol.deny(f"map file has {len(errors)} invalid line"
                              f"{'s' if len(errors) != 1 else ''}: {first_of(errors)}", fit_warnings(warnings))
     return protocol.allow(fit_warnings(warnings))
+
+
+def _not_counted(cm: MapFileInput, old: object, why: str) -> AdmissionResponse:
+    """Refuse a new map file whose namespace's map files do not count; one that was a map
+    file before (the setting or the label came later) can still be edited and removed."""
+    from imagemapper.inputs import is_map_file
+
+    where = f"ConfigMap {cm.namespace}/{cm.name}"
+    if is_map_file(old):
+        return protocol.allow([f"{where} is ignored: {why}"])
+    return protocol.deny(f"{where}: {why}")
+
+
+def validate_unlabeled_mapfile(request: Payload, settings: Settings) -> AdmissionResponse:
+    """IMAGE_MAPPER_NAMESPACE_MAP_FILES=opt-in: the API server sends here only map files in
+    namespaces without the label (hookconfig.VALIDATE_UNLABELED's namespaceSelector)."""
+    from imagemapper.inputs import is_map_file
+    from imagemapper.mapfile import MapFileInput
+    from imagemapper.settings import MAP_FILES_ENABLED, MAP_FILES_LABEL
+
+    obj = request.get("object")
+    if request.get("operation") not in ("CREATE", "UPDATE") or not is_map_file(obj) \
+            or settings.namespace_map_files != "opt-in":
+        return protocol.allow()
+    cm = MapFileInput.from_object(obj)
+    if cm.namespace == settings.map_namespace:
+        return protocol.allow()
+    return _not_counted(cm, request.get("oldObject"), (
+        f"namespace {cm.namespace} is not labeled {MAP_FILES_LABEL}={MAP_FILES_ENABLED}, so its "
+        "map files do not count (IMAGE_MAPPER_NAMESPACE_MAP_FILES=opt-in); put rules in an "
+        "ImageMap, or ask a cluster admin to label the namespace"))
 
 
 def _compile_warnings(cm: MapFileInput) -> list[str]:

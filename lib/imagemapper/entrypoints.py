@@ -112,9 +112,12 @@ def validate_main(argv: list[str]) -> int:
     if argv[:1] == ["--config"]:
         return _print_config("validate_config")
     from imagemapper import admission
+    from imagemapper.hookconfig import VALIDATE_UNLABELED
 
     def handle(context: Payload) -> AdmissionResponse:
         request = kube.mapping(context, "review", "request")
+        if context.get("binding") == VALIDATE_UNLABELED:
+            return admission.validate_unlabeled_mapfile(request, _settings())
         return admission.validate(request, _settings())
 
     return protocol.admission_main(handle, lambda problem: protocol.allow(

@@ -8,12 +8,15 @@ because shell-operator routes admission requests by them.
 from __future__ import annotations
 
 from imagemapper import counters
-from imagemapper.settings import MAP_FILE_LABEL, MODE_LABEL, Settings
+from imagemapper.settings import MAP_FILE_LABEL, MAP_FILES_ENABLED, MAP_FILES_LABEL, MODE_LABEL, Settings
 
 MUTATE_WEBHOOK = "pods.mutate.imagemapper.io"
 VALIDATE_IMAGEMAPS = "imagemaps.validate.imagemapper.io"
 VALIDATE_MAPFILES = "mapfiles.validate.imagemapper.io"
+# opt-in mode: map files in namespaces without MAP_FILES_LABEL (the API server picks them)
+VALIDATE_UNLABELED = "unlabeled-mapfiles.validate.imagemapper.io"
 SYNC_GROUP = "sync"
+NAMESPACES = "namespaces"  # the sync hook's binding for labeled namespaces (opt-in mode)
 
 IMAGEMAP_FILTER = ("{name: .metadata.name, namespace: .metadata.namespace, uid: .metadata.uid,"
                    " generation: .metadata.generation, created: .metadata.creationTimestamp,"
@@ -21,6 +24,7 @@ IMAGEMAP_FILTER = ("{name: .metadata.name, namespace: .metadata.namespace, uid: 
                    " status: (.status // {} | {observedGeneration, rules, conditions})}")
 MAPFILE_FILTER = ("{name: .metadata.name, namespace: .metadata.namespace, uid: .metadata.uid,"
                   " data: .data, deleting: (.metadata.deletionTimestamp != null)}")
+NAMESPACE_FILTER = ".metadata.name"  # the label selector already says it is labeled
 WEBHOOK_FILTER = "[.webhooks[]? | {name: .name, reinvocationPolicy: .reinvocationPolicy}]"
 
 
@@ -80,20 +84,26 @@ def validate_config(settings: Settings) -> dict:
     """Apply-time checks. They fail open: the sync hook stays the authority."""
     common = {"failurePolicy": "Ignore", "sideEffects": "None",
               "timeoutSeconds": settings.timeout_seconds}
-    return {
-        "configVersion": "v1",
-        "kubernetesValidating": [
-            {"name": VALIDATE_IMAGEMAPS, **common, "rules": [{
-                "apiGroups": ["imagemapper.io"], "apiVersions": ["v1alpha1"],
-                "operations": ["CREATE", "UPDATE"], "resources": ["imagemaps"],
-                "scope": "Namespaced"}]},
-            {"name": VALIDATE_MAPFILES, **common,
-             "labelSelector": {"matchLabels": {MAP_FILE_LABEL: "true"}},
-             "rules": [{"apiGroups": [""], "apiVersions": ["v1"],
-                        "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"],
-                        "scope": "Namespaced"}]},
-        ],
-    }
+    mapfiles = {**common, "labelSelector": {"matchLabels": {MAP_FILE_LABEL: "true"}},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                           "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"],
+                           "scope": "Namespaced"}]}
+    hooks = [
+        {"name": VALIDATE_IMAGEMAPS, **common, "rules": [{
+            "apiGroups": ["imagemapper.io"], "apiVersions": ["v1alpha1"],
+            "operations": ["CREATE", "UPDATE"], "resources": ["imagemaps"],
+            "scope": "Namespaced"}]},
+        {"name": VALIDATE_MAPFILES, **mapfiles},
+    ]
+    if settings.namespace_map_files == "opt-in":
+        # The request carries no namespace labels; the API server's namespaceSelector
+        # sends only map files in unlabeled namespaces (except the map namespace) here.
+        hooks.append({"name": VALIDATE_UNLABELED, **mapfiles, "namespace": {"labelSelector": {
+            "matchExpressions": [
+                {"key": MAP_FILES_LABEL, "operator": "NotIn", "values": [MAP_FILES_ENABLED]},
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                 "values": [settings.map_namespace]}]}}})
+    return {"configVersion": "v1", "kubernetesValidating": hooks}
 
 
 def sync_config(settings: Settings) -> dict:
@@ -125,6 +135,13 @@ def sync_config(settings: Settings) -> dict:
     if settings.namespace_map_files == "disabled":
         # Only cluster-wide map files count: watch ConfigMaps in that one namespace.
         bindings[1]["namespace"] = {"nameSelector": {"matchNames": [settings.map_namespace]}}
+    if settings.namespace_map_files == "opt-in":
+        # Which namespaces' map files count. Only labeled namespaces, only their names:
+        # a namespace that gains or loses the label comes and goes as an event.
+        bindings.append({"name": NAMESPACES, "apiVersion": "v1", "kind": "Namespace",
+                         "labelSelector": {"matchLabels": {MAP_FILES_LABEL: MAP_FILES_ENABLED}},
+                         "keepFullObjectsInMemory": False, "group": SYNC_GROUP,
+                         "jqFilter": NAMESPACE_FILTER})
     return {"configVersion": "v1",
             "kubernetes": [{**binding, "allowFailure": True} for binding in bindings],
             # The admission counters' one writer, in its own queue so that it never waits
@@ -132,4 +149,4 @@ def sync_config(settings: Settings) -> dict:
             "schedule": [{"name": counters.BINDING, "crontab": counters.EXPORT_EVERY,
                           "queue": "counters"},
                          {"name": "resync", "crontab": "*/30 * * * *", "allowFailure": True,
-                          "includeSnapshotsFrom": ["imagemaps", "mapfiles", "webhook"]}]}
+                          "includeSnapshotsFrom": [b["name"] for b in bindings]}]}

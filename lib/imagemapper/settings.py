@@ -12,6 +12,11 @@ from imagemapper.snapshot import valid_namespace
 
 MODE_LABEL = "imagemapper.io/mode"
 MAP_FILE_LABEL = "imagemapper.io/map-file"
+# On a namespace, with IMAGE_MAPPER_NAMESPACE_MAP_FILES=opt-in: its map files count.
+# Labeling namespaces takes `namespaces` update/patch, which namespace editors lack.
+MAP_FILES_LABEL = "imagemapper.io/map-files"
+MAP_FILES_ENABLED = "enabled"
+NAMESPACE_MAP_FILES = ("enabled", "opt-in", "disabled")
 EXCLUDE_NAMESPACES = "IMAGE_MAPPER_EXCLUDE_NAMESPACES"
 DEFAULT_STATE_DIR = "/var/run/image-mapper"
 DEFAULT_CONFIGURATION_NAME = "shell-operator-hooks"
@@ -53,13 +58,21 @@ class Settings:
         self.configuration_name = configuration_name
         self.excluded_namespaces = tuple(excluded_namespaces)
         self.max_admissions = max_admissions  # admission hooks a replica runs at once
-        self.namespace_map_files = namespace_map_files  # "disabled": only cluster-wide map files
+        # "disabled": only cluster-wide map files; "opt-in": also those of labeled namespaces
+        self.namespace_map_files = namespace_map_files
         self.allowed_targets = allowed_targets  # where namespace rules may send images; empty: anywhere
 
     @property
     def never_mutated(self) -> list[str]:
         """Namespaces whose Pods the webhook never sees: kube-system, our own, the excluded."""
         return sorted({"kube-system", self.operator_namespace, *self.excluded_namespaces} - {""})
+
+    def map_files_count(self, namespace: str, labeled: frozenset[str] | set[str] = frozenset()) -> bool:
+        """Whether the map files of ``namespace`` are rules (``labeled``: the namespaces
+        carrying MAP_FILES_LABEL, which only matters in opt-in mode)."""
+        if namespace == self.map_namespace or self.namespace_map_files == "enabled":
+            return True
+        return self.namespace_map_files == "opt-in" and namespace in labeled
 
     @property
     def webhook_configuration(self) -> str:
@@ -154,6 +167,6 @@ def from_env(env: dict | None = None, require_namespace: bool = True) -> Setting
         excluded_namespaces=_namespace_list(env, EXCLUDE_NAMESPACES),
         max_admissions=_max_admissions(env),
         namespace_map_files=_choice(env, "IMAGE_MAPPER_NAMESPACE_MAP_FILES", "enabled",
-                                    ("enabled", "disabled")),
+                                    NAMESPACE_MAP_FILES),
         allowed_targets=_allowed_targets(env),
     )

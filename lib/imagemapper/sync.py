@@ -112,21 +112,22 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
     state = syncstate.State(settings.state_dir)
     state.apply(contexts)
     _reinvocation(out, _items(contexts, "webhook"), settings.webhook_configuration)
-    if not state.ready():  # the other kind's Synchronization comes next: compile then
+    if not state.ready(settings.namespace_map_files == "opt-in"):  # compile after the others' Synchronization
         state.save()
         out.logs.append({"msg": "waiting for the first synchronization of ImageMaps and map files"})
         return out
     changed = state.changed()
     maps = _imagemaps(state, state.all_namespaces() if changed is None else sorted(changed))
     cm_items = [(m, _deleting(i)) for i in state.mapfiles if (m := _mapfile_of(i))
-                and (settings.namespace_map_files == "enabled" or m.namespace == settings.map_namespace)]
-    gate = _TargetGate(settings)
-    mapfiles = [m for m, _ in cm_items if gate.mapfile(m)]
+                and (settings.namespace_map_files != "disabled" or m.namespace == settings.map_namespace)]
+    gate, labels = _TargetGate(settings), _LabelGate(settings, state.labeled)
+    mapfiles = [m for m, _ in cm_items if labels.counts(m) and gate.mapfile(m)]
     result = builder.build(settings.state_dir, [m[0] for m in maps if gate.imagemap(m[0])], mapfiles,
                             settings.map_namespace, changed=changed,
                             inputs_of=lambda ns: [m[0] for m in _imagemaps(state, [ns]) if gate.imagemap(m[0])])
     state.save(built=True)
     gate.report(result)
+    labels.report(result)
     out.result = result
     chains = _ChainNotes(maps, mapfiles, settings.map_namespace)
     for imap, status, uid, deleting in maps:
@@ -212,6 +213,35 @@ class _TargetGate:
             result.diagnostics[key] = [*result.diagnostics.get(key, []), *(
                 {"source": key[1], "line": 0, "severity": "error", "message": t, "text": t,
                  "reason": "TargetNotAllowed"} for t in texts)]
+
+
+class _LabelGate:
+    """IMAGE_MAPPER_NAMESPACE_MAP_FILES=opt-in: the map files of a namespace without the
+    label are no rules. Each such ConfigMap gets one error diagnostic, so it is reported
+    (log, Event, metric) when that starts, like any other diagnostic."""
+
+    REASON = "MapFilesNotEnabled"
+
+    def __init__(self, settings: Settings, labeled: frozenset[str]) -> None:
+        self.settings, self.labeled = settings, labeled
+        self.ignored: list[tuple[str, str]] = []
+
+    def counts(self, cm: mapfile.MapFileInput) -> bool:
+        if self.settings.map_files_count(cm.namespace, self.labeled):
+            return True
+        self.ignored.append((cm.namespace, cm.name))
+        return False
+
+    def report(self, result: builder.Result) -> None:
+        from imagemapper.settings import MAP_FILES_ENABLED, MAP_FILES_LABEL
+
+        for namespace, name in self.ignored:
+            text = (f"configmap {namespace}/{name}: namespace {namespace} is not labeled "
+                    f"{MAP_FILES_LABEL}={MAP_FILES_ENABLED} (IMAGE_MAPPER_NAMESPACE_MAP_FILES=opt-in); "
+                    "the whole ConfigMap is ignored until a cluster admin labels the namespace")
+            result.diagnostics[(namespace, name)] = [{
+                "source": name, "line": 0, "severity": "error", "message": text, "text": text,
+                "reason": self.REASON}]
 
 
 # ----------------------------------------------------------------------------- status

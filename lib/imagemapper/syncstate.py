@@ -10,7 +10,9 @@ state it stores:
   ``filterResult`` of every ImageMap, by namespace and name;
 * ``mapfiles.snap``: the ``filterResult`` of every map-file ConfigMap, which arrive as
   the group snapshot of the ``mapfiles`` binding (there are few of them);
-* the two flags that say whether each kind has been synchronized since the state was
+* ``mapfiles.snap`` also keeps the names of the namespaces labeled
+  ``imagemapper.io/map-files=enabled`` (the ``namespaces`` binding, opt-in mode only);
+* the flags that say whether each kind has been synchronized since the state was
   made. Nothing is compiled before both have been, so a replica never serves a
   snapshot with ImageMaps and without the cluster map files.
 
@@ -30,7 +32,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-IMAGEMAPS, MAPFILES = "imagemaps", "mapfiles"
+IMAGEMAPS, MAPFILES, NAMESPACES = "imagemaps", "mapfiles", "namespaces"
 BUILT = "built"  # flag: a snapshot was compiled from this state (before it, every run is full)
 MAPFILE_STATE = "mapfiles.snap"
 
@@ -41,7 +43,7 @@ class State:
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
         self.old = self._open_inputs()
-        self.flags, self.mapfiles = self._load_mapfiles()
+        self.flags, self.mapfiles, self.labeled = self._load_mapfiles()
         self.updates: dict[str, dict[str, dict]] = {}  # namespace -> its whole new set
         self.full: dict[str, dict[str, dict]] | None = None  # every namespace, when resynced
         self.mapfiles_changed = False
@@ -52,15 +54,15 @@ class State:
         except snapshot.SnapshotError:
             return None
 
-    def _load_mapfiles(self) -> tuple[dict[str, bool], list[dict[str, Any]]]:
+    def _load_mapfiles(self) -> tuple[dict[str, bool], list[dict[str, Any]], frozenset[str]]:
         try:
             with open(f"{self.state_dir}/{MAPFILE_STATE}", "rb") as handle:
                 doc = marshal.loads(handle.read())
             if isinstance(doc, dict) and doc.get("v") == snapshot.VERSION:
-                return dict(doc["flags"]), list(doc["items"])
+                return dict(doc["flags"]), list(doc["items"]), frozenset(doc.get("labeled") or ())
         except (OSError, ValueError, EOFError, TypeError, KeyError):
             pass
-        return {}, []
+        return {}, [], frozenset()
 
     # ------------------------------------------------------------------ reading
 
@@ -85,8 +87,10 @@ class State:
             return None
         return set(self.updates)
 
-    def ready(self) -> bool:
-        return bool(self.flags.get(IMAGEMAPS) and self.flags.get(MAPFILES))
+    def ready(self, namespaces: bool = False) -> bool:
+        """Both kinds synchronized (and, with ``namespaces``, the labeled namespaces)."""
+        return bool(self.flags.get(IMAGEMAPS) and self.flags.get(MAPFILES)
+                    and (not namespaces or self.flags.get(NAMESPACES)))
 
     def all_namespaces(self) -> list[str]:
         if self.full is not None:
@@ -104,6 +108,8 @@ class State:
             snaps = context.get("snapshots")
             if isinstance(snaps, dict) and isinstance(snaps.get(MAPFILES), list):
                 self._set_mapfiles(snaps[MAPFILES])
+            if isinstance(snaps, dict) and isinstance(snaps.get(NAMESPACES), list):
+                self._set_labeled(snaps[NAMESPACES])
             if isinstance(snaps, dict) and isinstance(snaps.get(IMAGEMAPS), list):
                 self._replace_imagemaps(snaps[IMAGEMAPS])
             if context.get("binding") != IMAGEMAPS:
@@ -118,6 +124,12 @@ class State:
         if items != self.mapfiles or not self.flags.get(MAPFILES):
             self.mapfiles, self.mapfiles_changed = items, True
         self.flags[MAPFILES] = True
+
+    def _set_labeled(self, items: list) -> None:
+        """Names of the labeled namespaces (jqFilter ``.metadata.name``)."""
+        found = (i.get("filterResult") if isinstance(i, dict) else None for i in items)
+        self.labeled = frozenset(n for n in found if isinstance(n, str) and snapshot.valid_namespace(n))
+        self.flags[NAMESPACES] = True
 
     def _replace_imagemaps(self, items: list) -> None:
         full: dict[str, dict[str, dict]] = {}
@@ -168,7 +180,8 @@ class State:
             if self.old is not None:
                 self.old.close()
         snapshot.write_atomic(f"{self.state_dir}/{MAPFILE_STATE}", marshal.dumps(
-            {"v": snapshot.VERSION, "flags": self.flags, "items": self.mapfiles}))
+            {"v": snapshot.VERSION, "flags": self.flags, "items": self.mapfiles,
+             "labeled": sorted(self.labeled)}))
 
 
 def _found(item: dict[str, Any]) -> dict[str, Any]:

@@ -167,8 +167,9 @@ class Bundle:
     skipped: list[dict[str, Any]]
 
     @classmethod
-    def render(cls, control_plane: ControlPlane | None = None) -> Bundle:
-        argv = [kubectl_binary(), "kustomize", str(deploy_dir())]
+    def render(cls, control_plane: ControlPlane | None = None, path: Path | None = None) -> Bundle:
+        """``path``: an overlay of deploy/ (default: deploy/ itself)."""
+        argv = [kubectl_binary(), "kustomize", str(path or deploy_dir())]
         result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
         if result.returncode != 0:
             raise E2EError(f"kubectl kustomize deploy/ failed: {result.stderr.strip()}")
@@ -441,7 +442,7 @@ class Installation:
 
 @contextmanager
 def serving(control_plane: ControlPlane, overrides: Mapping[str, str] | None = None, *,
-            start: bool = True) -> Iterator[Installation]:
+            start: bool = True, bundle: Bundle | None = None) -> Iterator[Installation]:
     """A test module's installation: the bundle installed and (unless start=False) one
     replica serving with `overrides`, the probe ImageMap removed. On exit the replicas stop
     and the webhook configurations go: one that nobody serves (failurePolicy Fail) would
@@ -451,7 +452,7 @@ def serving(control_plane: ControlPlane, overrides: Mapping[str, str] | None = N
         import pytest
 
         pytest.fail("image-mapper e2e prerequisites missing:\n  " + "\n  ".join(missing), pytrace=False)
-    installation = Installation(control_plane)
+    installation = Installation(control_plane, bundle) if bundle else Installation(control_plane)
     installation.install()
     try:
         if start:

@@ -231,6 +231,7 @@ def test_operator_rbac_is_sufficient_and_least(image_mapper: Operators) -> None:
         ("create", "pods", "-n", "default"),
         ("get", "secrets", "-n", OPERATOR_NS),
         ("list", "secrets", "-A"),
+        ("list", "namespaces"),  # only with the map-files-opt-in component
         ("get", "configmaps", "-n", "default"),
         ("create", "imagemaps.imagemapper.io", "-n", "default"),
         ("update", "imagemaps.imagemapper.io", "-n", "default"),
