@@ -791,6 +791,173 @@ def test_mutate_hot_path_imports_stay_small(synced, state, tmp_path, variant):
     assert {k: plain.admission[k] for k in response} == response  # the bundle changes nothing but speed
 
 
+@pytest.fixture(scope="module")
+def bundled_lib(tmp_path_factory):
+    return lib_copy(tmp_path_factory.mktemp("bundle"), bundle=True)
+
+
+@pytest.fixture(scope="module")
+def plain_lib(tmp_path_factory):
+    return lib_copy(tmp_path_factory.mktemp("plain"), bundle=False)
+
+
+def _bundle_entries(lib: str) -> list:
+    import marshal
+
+    with open(os.path.join(lib, "imagemapper", "_hotpath.bundle"), "rb") as handle:
+        data = handle.read()
+    size = int.from_bytes(data[:8], "little")
+    return marshal.loads(data[8:8 + size])[1]
+
+
+def _python_s(code: str, lib: str, *args: str) -> str:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-S", "-c", code, *args], env={**os.environ, "PYTHONPATH": lib},
+                         capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def test_bundled_modules_end_up_with_every_name_of_their_sources(bundled_lib, plain_lib):
+    """A trimmed module completes itself on the first name its hot part lacks
+    (imagemapper.bundle): afterwards it has exactly the names of its source."""
+    names = [entry[0] for entry in _bundle_entries(bundled_lib)]
+    # "annotations" is what `from __future__ import annotations` binds; the bundle sets the flag instead
+    dunder = lambda n: (n.startswith("__") and n.endswith("__")) or n == "annotations"  # noqa: E731
+    source = json.loads(_python_s(
+        "import importlib, json, sys\n"
+        "print(json.dumps({n: sorted(vars(importlib.import_module('imagemapper.' + n))) for n in sys.argv[1:]}))",
+        plain_lib, *names))
+    completed = json.loads(_python_s(
+        "import json, sys\nimport imagemapper\nassert imagemapper.use_bundle()\nout = {}\n"
+        "for n in sys.argv[1:]:\n"
+        "    module = getattr(imagemapper, n)\n"
+        "    hot = set(vars(module))\n"
+        "    getattr(module, 'no such name', None)  # completes it\n"
+        "    out[n] = [sorted(hot), sorted(vars(module))]\n"
+        "print(json.dumps(out))", bundled_lib, *names))
+    trimmed = 0
+    for name in names:
+        hot, full = completed[name]
+        assert [n for n in full if not dunder(n)] == [n for n in source[name] if not dunder(n)], name
+        trimmed += len(full) - len(hot)
+    assert trimmed > 50  # the trimming is real: most of imagemap, the snapshot writer, ...
+
+
+def _global_names(code) -> set:
+    """Globals that the functions in ``code`` look up (module and class bodies ran when
+    the bundle loaded, so theirs are proven, and their ``if TYPE_CHECKING:`` never runs)."""
+    import dis
+    import inspect
+
+    found = set()
+    if code.co_flags & inspect.CO_OPTIMIZED:
+        found = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            found |= _global_names(const)
+    return found
+
+
+def test_hot_parts_define_every_global_their_code_looks_up(bundled_lib):
+    """Checked on the bytecode, independently of the bundle's own analysis: a global the
+    hot part's code can look up (on any path) and does not define would be a NameError,
+    since a module's ``__getattr__`` does not serve its own globals."""
+    import builtins
+
+    entries = _bundle_entries(bundled_lib)
+    hot = json.loads(_python_s(
+        "import json, sys\nimport imagemapper\nassert imagemapper.use_bundle()\n"
+        "print(json.dumps({n: sorted(vars(getattr(imagemapper, n))) for n in sys.argv[1:]}))",
+        bundled_lib, *[e[0] for e in entries]))
+    for name, _, _, code, _, _ in entries:
+        missing = _global_names(code) - set(hot[name]) - set(dir(builtins))
+        assert not missing, (name, sorted(missing))
+
+
+def test_mutate_hook_runs_on_the_hot_parts_alone(synced, state, tmp_path, bundled_lib):
+    """The usual admission (ImageMap, namespace and cluster map-file rules, an UPDATE, an
+    invalid image) never loads the rest of a bundled module: that is the point of trimming."""
+    import subprocess
+
+    driver = str(tmp_path / "driver.py")
+    with open(driver, "w") as handle:
+        handle.write("import sys\nimport imagemapper\nassert imagemapper.use_bundle()\n"
+                     "lazy = [n for n, m in list(sys.modules.items()) if '__getattr__' in vars(m)]\n"
+                     "from imagemapper.entrypoints import mutate_main\nmutate_main([])\n"
+                     "done = [n for n in lazy if '__getattr__' not in vars(sys.modules[n])]\n"
+                     "sys.stderr.write('lazy: %d, completed: %r\\n' % (len(lazy), done))\n")
+    obj = pod({"web": "nginx:1", "b": "gcr.io/a/b:1", "c": "quay.io/jetstack/x:2", "d": "Not Valid"})
+    old = pod({"web": "nginx:1", "b": "gcr.io/a/b:0"})
+    for request in (pod_request(obj), pod_request(obj, "UPDATE", old)):
+        contexts = [{"binding": MUTATE, "type": "Mutating", "review": {"request": request}}]
+        hook_run = run_hook(hook("mutate.py"), contexts, make_env(state, PYTHONPATH=bundled_lib))
+        assert hook_run.ok and "patch" in hook_run.admission, str(hook_run)
+        directory = tmp_path / request["operation"]
+        directory.mkdir()
+        (directory / "context.json").write_text(json.dumps(contexts))
+        env = {**make_env(state, PYTHONPATH=bundled_lib), "BINDING_CONTEXT_PATH": str(directory / "context.json"),
+               "ADMISSION_RESPONSE_PATH": str(directory / "response.json"),
+               "VALIDATING_RESPONSE_PATH": str(directory / "response.json"),
+               "METRICS_PATH": str(directory / "metrics.json")}
+        out = subprocess.run([sys.executable, "-S", driver], env=env, capture_output=True, text=True, check=True)
+        lazy = int(out.stderr.split("lazy: ")[1].split(",")[0])
+        assert lazy >= 5 and "completed: []" in out.stderr, out.stderr
+        assert shellop.parse_response_file((directory / "response.json").read_text()) == hook_run.admission_response
+
+
+def test_mutate_config_is_the_same_with_the_bundle(state, bundled_lib, plain_lib):
+    """``--config`` leaves the hot path (hookconfig is not bundled): the trimmed modules
+    complete themselves for it."""
+    import subprocess
+
+    script = os.path.join(HOOKS_DIR, "mutate.py")
+    runs = [subprocess.run([script, "--config"], env=make_env(state, PYTHONPATH=lib), capture_output=True,
+                           text=True, check=False) for lib in (bundled_lib, plain_lib)]
+    assert [r.returncode for r in runs] == [0, 0] and runs[0].stdout == runs[1].stdout, runs
+    assert json.loads(runs[0].stdout)["kubernetesMutating"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(requests)
+def test_fuzz_bundled_hook_answers_as_the_sources_do(fuzz_state, bundled_lib, plain_lib, request):
+    """Whatever the request, the trimmed bundle answers, logs and counts as the plain modules."""
+    bundled = admit(fuzz_state, request, PYTHONPATH=bundled_lib)
+    plain = admit(fuzz_state, request, PYTHONPATH=plain_lib)
+    assert bundled.exit_code == plain.exit_code == 0
+    assert bundled.admission == plain.admission
+    assert bundled.stdout == plain.stdout and bundled.stderr == plain.stderr
+
+
+@pytest.mark.parametrize("stdout", ["/dev/full", "closed"])
+def test_mutate_hook_exits_0_when_stdout_cannot_take_the_log_lines(synced, state, tmp_path, stdout):
+    """The hook ends with protocol.exit_now (no interpreter teardown); a full or closed
+    stdout, where the log lines go, must not turn into a non-zero exit (a denial)."""
+    import subprocess
+
+    directory = tmp_path / "files"
+    directory.mkdir()
+    request = pod_request(pod({"web": "nginx:1"}))
+    (directory / "context.json").write_text(
+        json.dumps([{"binding": MUTATE, "type": "Mutating", "review": {"request": request}}]))
+    env = {**make_env(state), "BINDING_CONTEXT_PATH": str(directory / "context.json"),
+           "ADMISSION_RESPONSE_PATH": str(directory / "response.json"),
+           "VALIDATING_RESPONSE_PATH": str(directory / "response.json"),
+           "METRICS_PATH": str(directory / "metrics.json")}
+    script = os.path.join(HOOKS_DIR, "mutate.py")
+    if stdout == "closed":
+        run = subprocess.run(f"exec {script} >&-", shell=True, env=env, capture_output=False, stderr=subprocess.PIPE,
+                             text=True, check=False)
+    else:
+        with open(stdout, "w") as handle:
+            run = subprocess.run([script], env=env, stdout=handle, stderr=subprocess.PIPE, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    response = json.loads((directory / "response.json").read_text())
+    assert response["allowed"] is True and "patch" in response
+    assert "image-mapper:" in run.stderr  # said where it could be
+
+
 def test_every_exported_metric_and_label_is_documented(synced, state):
     """Each series name and label key on /metrics/hooks has a row in docs/operations.md."""
     import re

@@ -10,9 +10,11 @@ def use_bundle() -> bool:
 
     The mutate hook is a new process per Pod, and importing a dozen modules one by one
     costs more than running them. ``python3 -m imagemapper.bundle`` (run when the image
-    is built) stores their compiled code in one file next to this one. A bundle made by
-    another interpreter, or older than any of its sources, is ignored, and the modules
-    are then imported as usual. See :mod:`imagemapper.bundle`.
+    is built) stores their compiled code in one file next to this one: for each module
+    the part the hook runs, read and unmarshalled here, and the rest of its definitions,
+    read only if something asks for one of them. A bundle made by another interpreter,
+    or older than any of its sources, is ignored, and the modules are then imported as
+    usual. See :mod:`imagemapper.bundle`.
     """
     import marshal
     import posix
@@ -24,22 +26,21 @@ def use_bundle() -> bool:
     except OSError:
         return False
     try:
-        data = posix.read(fd, posix.fstat(fd).st_size)
-    finally:
-        posix.close(fd)
-    try:
+        size = int.from_bytes(posix.read(fd, 8), "little")
+        data = posix.read(fd, size)
         magic, modules = marshal.loads(data)
         external = sys.modules.get("_frozen_importlib_external")
-        if magic != getattr(external, "MAGIC_NUMBER", None):
-            return False
-        for name, size, mtime, _ in modules:
+        if len(data) != size or magic != getattr(external, "MAGIC_NUMBER", None):
+            raise ValueError("another interpreter's bundle")
+        for name, source_size, mtime, _, _, _ in modules:
             info = posix.stat(f"{here}/{name}.py")
-            if (info.st_size, info.st_mtime_ns) != (size, mtime):
-                return False
+            if (info.st_size, info.st_mtime_ns) != (source_size, mtime):
+                raise ValueError("a source changed after the bundle was built")
     except (OSError, ValueError, EOFError, TypeError):
+        posix.close(fd)
         return False
     module_type = type(sys)
-    for name, _, _, code in modules:
+    for name, _, _, code, offset, length in modules:
         full = f"{__name__}.{name}"
         if full in sys.modules:
             continue
@@ -49,8 +50,35 @@ def use_bundle() -> bool:
         sys.modules[full] = module
         try:
             exec(code, module.__dict__)
+            if length:
+                module.__dict__["__getattr__"] = _completion(module, fd, 8 + size + offset, length)
         except BaseException:
             del sys.modules[full]
             raise
         globals()[name] = module
-    return True
+    return True  # fd stays open for the completions: the very file whose hot parts ran
+
+
+def _completion(module: object, fd: int, offset: int, length: int) -> object:
+    """A bundled module's ``__getattr__``: on the first name its hot part lacks, run the
+    rest of its definitions in its namespace (see :mod:`imagemapper.bundle`)."""
+    namespace = module.__dict__
+
+    def __getattr__(name: str) -> object:
+        if name[:2] == "__" == name[-2:]:
+            pass  # the import system probes ``__path__`` and others: the rest never defines them
+        elif namespace.get("__getattr__") is __getattr__:
+            import marshal
+            import posix
+
+            rest = posix.pread(fd, length, offset)
+            if len(rest) != length:
+                raise ImportError(f"{namespace['__name__']}: the bundle was cut short")
+            del namespace["__getattr__"]
+            exec(marshal.loads(rest), namespace)
+        try:
+            return namespace[name]
+        except KeyError:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}") from None
+
+    return __getattr__

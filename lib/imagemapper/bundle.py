@@ -2,10 +2,12 @@
 
 ``python3 -m imagemapper.bundle`` (the image build runs it, and so does ``make bench``)
 writes ``_hotpath.bundle`` next to the package. The mutate hook loads it with
-:func:`imagemapper.use_bundle` in one read instead of a dozen imports, which saves about
-a millisecond per Pod. The bundle holds the very modules of ``lib/imagemapper``, compiled
-as ``python3 -OO`` would (no docstrings) and with postponed annotations, so it behaves as
-the sources do. It records each source's size and mtime and the interpreter's bytecode
+:func:`imagemapper.use_bundle` in one read instead of a dozen imports. The bundle holds
+the very modules of ``lib/imagemapper``, compiled as ``python3 -OO`` would (no
+docstrings) and with postponed annotations, so it behaves as the sources do, and each
+module is *trimmed* (below): the hook unmarshals and runs only the definitions it can
+reach, and a module completes itself from the rest of the file on the first access to
+any other name. It records each source's size and mtime and the interpreter's bytecode
 magic; if any differ at run time, the bundle is ignored. A generated file is never
 committed (``.gitignore``): a stale one can only cost speed, never change behaviour.
 """
@@ -20,10 +22,13 @@ import os
 import sys
 from types import CodeType
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # What the mutate hook runs, and what those modules import lazily on the way.
 ROOTS = ("entrypoints", "admission", "imagemap", "maplookup", "counters", "gate")
-FUTURE = "from __future__ import annotations"
 
 
 def _top_level_imports(name: str) -> list[str]:
@@ -57,20 +62,205 @@ def modules() -> list[str]:
     return order
 
 
-def _compile(name: str) -> tuple[str, int, int, CodeType]:
-    path = os.path.join(PACKAGE, name + ".py")
-    with open(path, encoding="utf-8") as handle:
-        source = handle.read()
+# ----------------------------------------------------------------------------- trimming
+#
+# Most of what the hot path's modules define never runs in the mutate hook (the ImageMap
+# validation in imagemap, the snapshot writer, the validate side of admission, ...), and
+# unmarshalling it and building its classes was most of the bundle's cost. So each module
+# is split in two code objects: the *hot* part, every top-level statement except the
+# definitions that nothing reachable from ROOT_NAMES uses, and the *rest*, those
+# definitions in source order. The rest is stored as marshalled bytes and runs, in the
+# module's own namespace, on the first access to a name the hot part does not define
+# (a module ``__getattr__``, see :func:`imagemapper.use_bundle`). So a bundled module
+# always ends up with every name of its source, and a name is missing only from code
+# that the analysis below proves does not look it up.
+
+ROOT_NAMES = (("entrypoints", "mutate_main"), ("protocol", "exit_now"))  # what hooks/mutate.py calls
+
+Unit = tuple[ast.stmt, set[str], bool]  # statement, names it binds, may it be deferred
+
+
+def _bound(node: ast.stmt) -> set[str]:
+    """The module-level names a top-level statement binds."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    names: set[str] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name) and isinstance(sub.ctx, (ast.Store, ast.Del)):
+            names.add(sub.id)
+        elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in sub.names)
+        elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and sub is not node:
+            names.add(sub.name)
+    return names
+
+
+def _units(tree: ast.Module) -> list[Unit]:
+    """Top-level statements; ``from imagemapper.x import a, b`` split into one unit per name.
+
+    Only definitions (def, class) and imports of names from our modules may be deferred:
+    every other statement (constants, ``try: import _json``, ``if TYPE_CHECKING``) runs in
+    the hot part, in order. A name bound twice is never deferred.
+    """
+    units: list[Unit] = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            continue  # the compile flag does its job (see _compile)
+        if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("imagemapper.")
+                and node.level == 0 and len(node.names) > 1):
+            for alias in node.names:
+                one = ast.ImportFrom(module=node.module, names=[alias], level=0)
+                units.append((ast.copy_location(one, node), {alias.asname or alias.name}, True))
+            continue
+        deferrable = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or (
+            isinstance(node, ast.ImportFrom) and (node.module or "").startswith("imagemapper.")
+            and node.level == 0)
+        units.append((node, _bound(node), deferrable))
+    seen: dict[str, int] = {}
+    for _, names, _ in units:
+        for name in names:
+            seen[name] = seen.get(name, 0) + 1
+    return [(node, names, deferrable and all(seen[n] == 1 and not _dunder(n) for n in names))
+            for node, names, deferrable in units]
+
+
+def _dunder(name: str) -> bool:
+    """``__path__``, ``__all__``, ...: names the import system probes; never deferred."""
+    return name[:2] == "__" == name[-2:]
+
+
+def _runtime_nodes(node: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of ``node`` that can run: not annotations (postponed, never evaluated
+    here) and not ``if TYPE_CHECKING:`` blocks (``TYPE_CHECKING`` is False at run time)."""
+    stack = [node]
+    while stack:
+        sub = stack.pop()
+        yield sub
+        if isinstance(sub, ast.If) and isinstance(sub.test, ast.Name) and sub.test.id == "TYPE_CHECKING":
+            stack.extend(sub.orelse)
+            continue
+        for field, value in ast.iter_fields(sub):
+            if field in ("annotation", "returns") or (isinstance(sub, ast.arg) and field == "type_comment"):
+                continue
+            for child in value if isinstance(value, list) else [value]:
+                if isinstance(child, ast.AST):
+                    stack.append(child)
+
+
+class _Module:
+    """One module's top-level units, and what each of them uses when it runs."""
+
+    def __init__(self, name: str, bundled: set[str]):
+        self.name = name
+        with open(os.path.join(PACKAGE, name + ".py"), encoding="utf-8") as handle:
+            self.tree = ast.parse(handle.read())
+        self.units = _units(self.tree)
+        self.binder = {n: i for i, (_, names, _) in enumerate(self.units) for n in names}
+        self.aliases = self._module_aliases(bundled)
+
+    def _module_aliases(self, bundled: set[str]) -> dict[str, set[str]]:
+        """Local names that stand for one of our modules (``from imagemapper import kube``)."""
+        aliases: dict[str, set[str]] = {}
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "imagemapper" and node.level == 0:
+                for alias in node.names:
+                    if alias.name in bundled:
+                        aliases.setdefault(alias.asname or alias.name, set()).add(alias.name)
+            elif isinstance(node, ast.Import) and any(a.name.startswith("imagemapper") for a in node.names):
+                raise ValueError(f"{self.name}: `import imagemapper...` is not supported by the bundle; "
+                                 "use `from imagemapper import x`")
+        return aliases
+
+    def uses(self, index: int, bundled: set[str]) -> tuple[set[str], set[tuple[str, str]], set[str]]:
+        """(own top-level names, (module, name) pairs, whole modules) that unit ``index`` uses."""
+        own: set[str] = set()
+        pairs: set[tuple[str, str]] = set()
+        whole: set[str] = set()
+        consumed: set[int] = set()
+        for sub in _runtime_nodes(self.units[index][0]):
+            if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id in self.aliases:
+                pairs.update((m, sub.attr) for m in self.aliases[sub.value.id])
+                consumed.add(id(sub.value))
+            elif isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("imagemapper.") and sub.level == 0:
+                module = (sub.module or "").split(".")[1]
+                if module in bundled:
+                    pairs.update((module, a.name) for a in sub.names)
+        for sub in _runtime_nodes(self.units[index][0]):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load) and id(sub) not in consumed:
+                if sub.id in self.aliases:
+                    whole.update(self.aliases[sub.id])  # a module passed around: keep all of it
+                if sub.id in self.binder:
+                    own.add(sub.id)
+        return own, pairs, whole
+
+
+def hot_units(names: list[str]) -> tuple[dict[str, _Module], dict[str, set[int]]]:
+    """The parsed modules, and for each the indexes of the units its hot part keeps."""
+    bundled = set(names)
+    parsed = {name: _Module(name, bundled) for name in names}
+    hot: dict[str, set[int]] = {name: set() for name in names}
+    todo: list[tuple[str, int]] = []
+
+    def need(module: str, index: int) -> None:
+        if index not in hot[module]:
+            hot[module].add(index)
+            todo.append((module, index))
+
+    def need_name(module: str, name: str) -> None:
+        index = parsed[module].binder.get(name)
+        if index is not None:
+            need(module, index)
+
+    for name, parsed_module in parsed.items():
+        for index, (_, _, deferrable) in enumerate(parsed_module.units):
+            if not deferrable:
+                need(name, index)
+    for root, name in ROOT_NAMES:
+        need_name(root, name)
+    while todo:
+        current, index = todo.pop()
+        own, pairs, whole = parsed[current].uses(index, bundled)
+        for name in own:
+            need_name(current, name)
+        for other, name in pairs:
+            need_name(other, name)
+        for other in whole:
+            for i in range(len(parsed[other].units)):
+                need(other, i)
+    return parsed, hot
+
+
+def _code(name: str, body: list[ast.stmt]) -> CodeType:
+    tree = ast.Module(body=body, type_ignores=[])
     # The flag keeps annotations postponed without the run-time import of __future__.
-    source = source.replace(FUTURE, "", 1)
-    code = compile(source, path, "exec", flags=__future__.annotations.compiler_flag,
-                   dont_inherit=True, optimize=2)
-    info = os.stat(path)
-    return name, info.st_size, info.st_mtime_ns, code
+    code: CodeType = compile(tree, os.path.join(PACKAGE, name + ".py"), "exec",
+                             flags=__future__.annotations.compiler_flag, dont_inherit=True, optimize=2)
+    return code
+
+
+def _compile(name: str, module: _Module, keep: set[int]) -> tuple[tuple[str, int, int, CodeType], bytes]:
+    """((module, source size, source mtime, hot code), marshalled rest code or b"")."""
+    hot = [node for i, (node, _, _) in enumerate(module.units) if i in keep]
+    rest = [node for i, (node, _, _) in enumerate(module.units) if i not in keep]
+    info = os.stat(os.path.join(PACKAGE, name + ".py"))
+    return (name, info.st_size, info.st_mtime_ns, _code(name, hot)), (marshal.dumps(_code(name, rest)) if rest else b"")
 
 
 def build() -> bytes:
-    return marshal.dumps((importlib.util.MAGIC_NUMBER, [_compile(name) for name in modules()]))
+    """The bundle file: the head's length (8 bytes), the head, then the rest parts.
+
+    The head is ``marshal`` of (bytecode magic, [(module, source size, source mtime, hot
+    code, rest offset, rest length)]); a rest offset counts from the end of the head.
+    """
+    parsed, keep = hot_units(modules())
+    entries, rests, at = [], [], 0
+    for name, module in parsed.items():
+        hot, rest = _compile(name, module, keep[name])
+        entries.append((*hot, at, len(rest)))
+        rests.append(rest)
+        at += len(rest)
+    head = marshal.dumps((importlib.util.MAGIC_NUMBER, entries))
+    return len(head).to_bytes(8, "little") + head + b"".join(rests)
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ from imagemapper.settings import Settings, SettingsError, from_env
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from imagemapper.admission import Rewrite
@@ -37,18 +38,31 @@ def _settings() -> Settings:
     return from_env(require_namespace=False)
 
 
-def _safe_settings() -> Settings:
+def _safe_settings(read: Callable[[], Settings] = _settings) -> Settings:
     try:
-        return _settings()
+        return read()
     except SettingsError:
         return Settings()  # defaults: Fail, the safe side
 
 
-def _gate() -> str | None:
+def _once(read: Callable[[], Settings]) -> Callable[[], Settings]:
+    """``read`` memoized for one admission: the gate, the answer and the bookkeeping of a
+    process share one reading of the environment (an error is raised again each time)."""
+    done: list[Settings] = []
+
+    def once() -> Settings:
+        if not done:
+            done.append(read())
+        return done[0]
+
+    return once
+
+
+def _gate(read: Callable[[], Settings] = _settings) -> str | None:
     """Take one of the replica's admission slots (imagemapper.gate), before any parsing."""
     from imagemapper import gate
 
-    settings = _safe_settings()
+    settings = _safe_settings(read)
     try:
         return gate.enter(settings.state_dir, settings.max_admissions, settings.timeout_seconds / 2,
                           gate.request_size())
@@ -62,9 +76,10 @@ def mutate_main(argv: list[str]) -> int:
     from imagemapper import admission
 
     done: list[tuple[Payload, AdmissionResponse, list[Rewrite], Settings]] = []
+    read = _once(_settings)
 
     def handle(context: Payload) -> AdmissionResponse:
-        settings = _settings()
+        settings = read()
         request = kube.mapping(context, "review", "request")
         rewrites: list[Rewrite] = []
         response = admission.mutate(request, settings, rewrites)
@@ -76,7 +91,7 @@ def mutate_main(argv: list[str]) -> int:
             _report_mutation(*done[0])
 
     return protocol.admission_main(
-        handle, lambda problem: admission.failure(_safe_settings(), problem), after, _gate)
+        handle, lambda problem: admission.failure(_safe_settings(read), problem), after, lambda: _gate(read))
 
 
 def _report_mutation(request: Payload, response: AdmissionResponse, rewrites: list[Rewrite],
