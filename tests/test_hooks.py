@@ -930,6 +930,21 @@ def test_fuzz_bundled_hook_answers_as_the_sources_do(fuzz_state, bundled_lib, pl
     assert bundled.stdout == plain.stdout and bundled.stderr == plain.stderr
 
 
+@pytest.mark.parametrize("extra", [{"IMAGE_MAPPER_ALLOWED_TARGETS": "registry.corp,mirror.corp"},
+                                   {"IMAGE_MAPPER_TIMEOUT_SECONDS": "99"},
+                                   {"IMAGE_MAPPER_STATE_DIR": "/nonexistent/state",
+                                    "IMAGE_MAPPER_FAILURE_POLICY": "Ignore"},
+                                   {"IMAGE_MAPPER_STATE_DIR": "/nonexistent/state"}])
+def test_bundled_hook_answers_as_the_sources_do_off_the_usual_path(synced, state, bundled_lib, plain_lib, extra):
+    """Settings and failures that reach code outside the hot parts (completed on demand)."""
+    request = pod_request(pod({"web": "nginx:1", "b": "gcr.io/a/b:1"}, annotations={"x": "1"}))
+    bundled = admit(state, request, PYTHONPATH=bundled_lib, **extra)
+    plain = admit(state, request, PYTHONPATH=plain_lib, **extra)
+    assert bundled.exit_code == plain.exit_code == 0
+    assert bundled.admission == plain.admission
+    assert bundled.stdout == plain.stdout and bundled.stderr == plain.stderr
+
+
 @pytest.mark.parametrize("stdout", ["/dev/full", "closed"])
 def test_mutate_hook_exits_0_when_stdout_cannot_take_the_log_lines(synced, state, tmp_path, stdout):
     """The hook ends with protocol.exit_now (no interpreter teardown); a full or closed
