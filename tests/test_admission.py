@@ -278,3 +278,23 @@ def test_validate_warnings_fit_the_api_server_limits(state):
     assert all(len(w) <= 256 and w.isprintable() for w in warnings)
     assert sum(len(w) for w in warnings) <= 4096
     assert warnings[-1].startswith("and ") and "more warnings: run `image-mapper check`" in warnings[-1]
+
+
+def test_chain_warnings_read_large_cluster_target_tables(tmp_path):
+    """Over 64 cluster targets are stored as hashed tables: the validating hook reads them
+    whole for its chain warnings (it raised KeyError on iterating one)."""
+    text = "default::\n" + "".join(f"r{i}.example::mirror.corp/m{i}\n" for i in range(100))
+    builder.build(str(tmp_path), [], [MapFileInput(OPNS, "cluster", "u", {"maps": text})], OPNS)
+    settings = Settings(operator_namespace=OPNS, state_dir=str(tmp_path))
+    imap = {"apiVersion": "imagemapper.io/v1alpha1", "kind": "ImageMap", "metadata": {"name": "m", "namespace": "shop"},
+            "spec": {"map": [{"from": "mirror.corp/*", "to": "t.corp/*"}]}}
+    answer = admission.validate({"operation": "CREATE", "kind": {"kind": "ImageMap"}, "object": imap}, settings)
+    assert answer["allowed"] is True and "'mirror.corp/m0', 'mirror.corp/m1', 'mirror.corp/m10' and 97 more" \
+        in answer["warnings"][0]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"maps": "default::\nmirror.corp/m7::t.corp\n"},
+          "metadata": {"name": "team", "namespace": "shop", "labels": {"imagemapper.io/map-file": "true"}}}
+    answer = admission.validate({"operation": "CREATE", "kind": {"kind": "ConfigMap"}, "object": cm}, settings)
+    assert answer["allowed"] is True and answer["warnings"] == [
+        "configmap shop/team key maps line 2: mirror.corp/m7::t.corp fires only for images on other ports of "
+        "its registry: the others lie under cluster target 'mirror.corp/m7', which keeps them (a chain across "
+        "layers; idempotence wins)"]

@@ -195,6 +195,28 @@ def test_check_names_entries_a_cluster_target_keeps_from_firing(tmp_path):
     assert "ok (0 errors, 0 warnings)" in cli("check", imap).stdout  # without the cluster file
 
 
+def test_check_names_namespace_map_file_lines_a_cluster_target_keeps_from_firing(tmp_path):
+    """Issue 11.2 for map files: a namespace ConfigMap or raw file checked with the cluster
+    map file names each line that never fires; a cluster-wide ConfigMap is not a namespace's."""
+    cluster = write(tmp_path, "cluster.conf", "default::\nquay.io::registry.corp\n")
+    raw = write(tmp_path, "ns.conf", "default::\nregistry.corp/team::team.corp\ngcr.io::team.corp/gcr\n")
+    cms = write(tmp_path, "cms.yaml", "".join(
+        f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n"
+        "  labels: {imagemapper.io/map-file: 'true'}\n"
+        "data:\n  maps: |\n    default::\n    [REPLACE]registry.corp/team/*::team.corp\n"
+        for name, ns in (("team", "shop"), ("more", "image-mapper-system"))))
+    out = cli("check", "--cluster-map-file", cluster, raw, cms, cluster)
+    assert out.returncode == 0, out.stderr
+    assert f"{raw}: WARNINGS (0 errors, 1 warning)" in out.stdout
+    assert f"{cms}: WARNINGS (0 errors, 1 warning)" in out.stdout
+    assert f"{cluster}: ok (0 errors, 0 warnings)" in out.stdout
+    assert f"warning: {raw} line 2: registry.corp/team::team.corp never fires" in out.stderr
+    assert (f"warning: {cms}: configmap shop/team key maps line 2: [REPLACE]registry.corp/team/*::team.corp "
+            "never fires") in out.stderr and "image-mapper-system/more" not in out.stderr
+    assert cli("check", "--strict", "--cluster-map-file", cluster, raw).returncode == 1
+    assert "ok (0 errors, 0 warnings)" in cli("check", raw).stdout  # without the cluster file
+
+
 def test_check_reports_every_problem_without_cutting_the_list(tmp_path):
     items = "".join(f"  - from: 'Bad {i}'\n" for i in range(4))
     out = check(tmp_path, "many.yaml", IMAGEMAP_HEAD + "spec:\n  map:\n" + items)

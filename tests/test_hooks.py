@@ -658,6 +658,58 @@ def test_chain_across_layers_is_reported_in_status_and_at_apply(state):
     assert answer["allowed"] is True and any("never fires" in w for w in answer["warnings"])
 
 
+def _configmap_events(runs, ns):
+    return [op["object"] for r in runs for op in r.patch_operations if op["operation"] == "CreateIfNotExists"
+            and op["object"]["involvedObject"]["kind"] == "ConfigMap" and op["object"]["metadata"]["namespace"] == ns]
+
+
+def test_chain_across_layers_in_namespace_map_files_is_reported(state):
+    """Issue 11.2: a namespace map-file line under a cluster target never fires. The sync hook
+    says so (Event and log, once per change, also when the cluster files change) and
+    `kubectl apply` warns, naming the ConfigMap, the key and the line."""
+    env = make_env(state)
+    cluster = Cluster([mapfile("cluster-map", "default::\nquay.io::registry.corp\n"),
+                       mapfile("shop-map", "default::\nregistry.corp/team::team.corp\n"
+                               "mirror.corp/gcr::team.corp/gcr\ndocker.io::team.corp/hub\n", ns="shop"),
+                       imagemap("unrelated", [{"from": "redis", "to": "team.corp/redis"}], ns="other"),
+                       webhook_configuration()])
+    operator = Operator(hook("sync.py"), cluster=cluster, env=env)
+    operator.start()
+    runs = operator.drain()
+    assert runs and all(r.ok for r in runs), [str(r) for r in runs]
+    [event] = [e for e in cluster.list("Event", "shop") if e["reason"] == "ShadowedByClusterRule"]
+    assert event["involvedObject"]["name"] == "shop-map" and event["type"] == "Warning"
+    assert "configmap shop/shop-map key maps line 2: registry.corp/team::team.corp never fires" in event["message"]
+    assert "line 3" not in event["message"] and "line 4" not in event["message"]
+    obj = pod({"a": "registry.corp/team/app:1", "b": "nginx:1"})
+    answer = run_hook(hook("mutate.py"), [{"binding": MUTATE, "type": "Mutating",
+                                           "review": {"request": pod_request(obj)}}], env)
+    assert images_of(apply_admission(answer.admission, obj)) == ["registry.corp/team/app:1", "team.corp/hub/nginx:1"]
+    # an unrelated change: nothing reported again
+    cluster.apply(imagemap("unrelated", [{"from": "redis", "to": "team.corp/redis2"}], ns="other", generation=2))
+    runs = operator.drain()
+    assert runs and _configmap_events(runs, "shop") == [] and sum(_map_file_log_bytes(r) for r in runs) == 0
+    # the cluster files change: line 3 is newly shadowed, and the namespace's report says so
+    cluster.apply(mapfile("cluster-map", "default::\nquay.io::registry.corp\ngcr.io::mirror.corp/gcr\n"))
+    runs = operator.drain()
+    assert runs and all(r.ok for r in runs), [str(r) for r in runs]
+    [event] = _configmap_events(runs, "shop")
+    assert event["reason"] == "ShadowedByClusterRule" and "line 3: mirror.corp/gcr::team.corp/gcr" in event["message"]
+    logged = [line for r in runs for line in (r.stdout + r.stderr).splitlines() if "map file line" in line]
+    assert len(logged) == 1 and "line 3" in logged[0] and "cluster target 'mirror.corp/gcr'" in logged[0]
+    # kubectl apply of a namespace map file with such a line: allowed, with a warning
+    validator = Operator(hook("validate.py"), cluster=cluster, env=env)
+    answer = validator.admit("mapfiles.validate.imagemapper.io", validation_request(
+        mapfile("late", "default::\nquay.io::x.corp\n[EXACT]mirror.corp/gcr/a:1::x.corp/a:1\n", ns="other"))).admission
+    assert answer["allowed"] is True
+    assert [w for w in answer["warnings"] if "never fires" in w] == [
+        "configmap other/late key maps line 3: [EXACT]mirror.corp/gcr/a:1::x.corp/a:1 never fires: its images "
+        "lie under cluster target 'mirror.corp/gcr', which keeps them (a chain across layers; idempotence wins)"]
+    cluster_file = validator.admit("mapfiles.validate.imagemapper.io", validation_request(
+        mapfile("more", "default::\nmirror.corp/gcr::x.corp\n"))).admission  # cluster-wide: no chain
+    assert cluster_file["allowed"] is True and not any("fire" in w for w in cluster_file.get("warnings") or [])
+
+
 # ----------------------------------------------------------------------------- validate
 
 def validation_request(obj: dict) -> dict:

@@ -255,3 +255,128 @@ def test_every_entry_a_cluster_target_stops_is_reported(items, cluster_file, pat
         decision = rules.decide(image, ns_doc, cluster_doc)
         if decision.source == "cluster" and "already under target" in decision.rule:
             assert any(n.startswith(f"spec.map[{index}] ") for n in notes), (image, decision.rule, notes)
+
+
+def test_chains_across_layers_in_namespace_map_files_are_named():
+    """Issue 11.2 for map files: a namespace line under a cluster target is named, with its
+    ConfigMap, key and line; lines that take no effect anyway are left to their own warnings."""
+    from imagemapper.chains import mapfile_lines
+
+    _, cluster_doc = docs([], [], ["default::\ndocker.io::mirror.corp/hub\nquay.io::registry.corp\n"
+                                   "index.docker.io/x::docker.io/x\ngcr.io::mirror.corp/x-"])
+    text = ("default::ns.corp\n"
+            "registry.corp/team::ns.corp/team\n"            # 2: every port: never fires
+            "mirror.corp/hub::ns.corp/hub\n"                # 3: fires on other ports only
+            "mirror.corp::ns.corp/all\n"                    # 4: all but what lies under the targets
+            "docker.io/x::ns.corp/x\n"                      # under an identity: fires
+            "[EXACT]mirror.corp/hub/library/a:1::ns.corp/a:1\n"   # 6
+            "[REPLACE]mirror.corp/hub/*::ns.corp/r\n"       # 7
+            "[REPLACE]*app*::ns.corp/app\n"                 # matches anywhere: not named
+            "quay.io::ns.corp/q\n")                          # quay.io itself is no target: fires
+    cms = [MapFileInput("shop", "team", "", {"maps": text})]
+    notes = {d.line: d for d in mapfile_lines(cms, cluster_doc["targets"])}
+    assert sorted(notes) == [2, 3, 4, 6, 7]
+    assert all(d.source == "configmap shop/team key maps" and d.severity == "warning"
+               and d.reason == "ShadowedByClusterRule" for d in notes.values())
+    assert str(notes[2]) == ("configmap shop/team key maps line 2: registry.corp/team::ns.corp/team never fires: "
+                             "its images lie under cluster target 'registry.corp', which keeps them "
+                             "(a chain across layers; idempotence wins)")
+    assert "fires only for images on other ports" in notes[3].message
+    assert "does not fire for images under cluster targets 'mirror.corp/hub', 'mirror.corp/x-'" in notes[4].message
+    assert "never fires" in notes[6].message and "never fires" in notes[7].message
+    # without default, registry keys take no effect at all (InactiveMapRules says so)
+    inactive = [MapFileInput("shop", "team", "", {"maps": "registry.corp/team::ns.corp\n"})]
+    assert mapfile_lines(inactive, cluster_doc["targets"]) == []
+    assert mapfile_lines(cms, None) == []
+
+
+NS_KEYS = ["default", "mirror.corp", "mirror.corp/hub", "mirror.corp/x-gcr.io", "registry.corp",
+           "registry.corp:8443", "registry.corp:8443/m", "quay.io", "quay.io/mirror", "docker.io",
+           "docker.io/team", "docker.io/library", "gcr.io/x", "noswap_wildcards",
+           "[EXACT]mirror.corp/hub/library/nginx:1",
+           "[EXACT]registry.corp:8443/m/app:1", "[EXACT]nginx:1.25", "[REPLACE]mirror.corp/hub/*",
+           "[REPLACE]quay.io/mirror/*", "[REPLACE]registry.corp/*", "[REPLACE]*app*", "[REPLACE]registry.corp*"]
+ns_lines = st.builds(lambda k, v: f"{k}::{v}", st.sampled_from(NS_KEYS),
+                     st.sampled_from(["", "ns.corp", "ns.corp/team", "ns.corp/x-", "mirror"]))
+
+
+def _probes(line_key: str, cluster_targets: dict) -> list[str]:
+    """Images a line matches (from its key) and images at each cluster target."""
+    key = line_key.removeprefix("[EXACT]").removeprefix("[REPLACE]")
+    out = [key.replace("*", "app"), key.replace("*", "")]
+    if "[" not in line_key and line_key not in ("default", "noswap_wildcards"):
+        host, _, rest = key.partition("/")
+        ported = (host if ":" in host else host + ":8443") + ("/" + rest if rest else "")
+        out += [base + tail for base in (key, ported) for tail in ("/app", "/library/nginx:1", "/x-gcr.io/app:1",
+                                                                    "/hub/app", "/m/app:1", "")]
+    for kind, names in cluster_targets.items():
+        for target in names:
+            out += [target] if kind == "exact" else [target + "app", target + "/app:1", target + "/sub/app", target]
+    return [image for image in dict.fromkeys(out) if is_valid(image)]
+
+
+@FAST
+@given(st.sampled_from(["", "default::\n", "default::ns.corp/d\n"]), st.lists(ns_lines, min_size=1, max_size=5),
+       st.lists(map_lines(), max_size=6).map("\n".join), st.lists(images, max_size=4))
+def test_every_map_file_line_a_cluster_target_stops_is_reported(head, lines, cluster_file, extra):
+    """Whenever a namespace map-file line decides an image alone but the cluster guard keeps
+    it, that line is named (source and line); a line named "never fires" fires for no image."""
+    from imagemapper.chains import mapfile_lines
+
+    text = head + "\n".join(lines)
+    ns_doc, cluster_doc = docs([], [text], [cluster_file])
+    notes = {d.line: d.message for d in mapfile_lines([MapFileInput("shop", "ns-0", "", {"maps": text})],
+                                                      cluster_doc["targets"])}
+    source = "configmap shop/ns-0 key maps line "
+    probes = [p for line in lines for p in _probes(line.partition("::")[0], cluster_doc["targets"])] + extra
+    for image in dict.fromkeys(probes):
+        alone = rules.decide(image, ns_doc, None)
+        if alone.source != "namespace-mapfile" or not alone.rule.startswith(source):
+            continue  # the namespace's own guard, or no line decided
+        number = int(alone.rule[len(source):].partition(":")[0])
+        line_key = text.split("\n")[number - 1].partition("::")[0]
+        glob = line_key.startswith("[REPLACE]")
+        anywhere = line_key in ("default", "noswap_wildcards") or (glob and "/" not in line_key.partition("*")[0])
+        stopped = rules.decide(image, ns_doc, cluster_doc)
+        if stopped.source == "cluster" and "already under target" in stopped.rule and not anywhere:
+            assert number in notes, (image, alone.rule, stopped.rule, notes)
+        elif number in notes:
+            assert "never fires" not in notes[number], (image, alone.rule, stopped.rule, notes[number])
+
+
+@FAST
+@given(st.lists(entries(), min_size=1, max_size=4), st.lists(map_lines(), max_size=6).map("\n".join))
+def test_every_imagemap_entry_a_cluster_target_stops_is_reported(items, cluster_file):
+    """The ImageMap counterpart, with images at each cluster target as well (exact and
+    string-prefix targets inside a prefix entry used to go unnamed)."""
+    from imagemapper.chains import cross_layer
+
+    ns_doc, cluster_doc = docs([MapInput("shop", "m", "", 1, items)], [], [cluster_file])
+    notes = cross_layer(items, cluster_doc["targets"])
+    probes = [p for item in items for p in _probes(item["from"], cluster_doc["targets"])]
+    for image in dict.fromkeys(probes):
+        alone = rules.decide(image, ns_doc, None)
+        if alone.source != "namespace-imagemap" or not alone.rule.startswith("imagemap m spec.map["):
+            continue
+        index = alone.rule.removeprefix("imagemap m ").partition("]")[0] + "] "
+        named = [n for n in notes if n.startswith(index)]
+        stopped = rules.decide(image, ns_doc, cluster_doc)
+        if stopped.source == "cluster" and "already under target" in stopped.rule:
+            assert named, (image, alone.rule, stopped.rule, notes)
+        elif named:
+            assert "never fires" not in named[0], (image, alone.rule, stopped.rule, named)
+
+
+def test_imagemap_entries_inside_which_exact_or_string_prefix_targets_lie_are_named():
+    """A prefix entry with an exact or a dash-value cluster target below it does not fire for
+    those images, and says so; an entry whose every image a target keeps never fires."""
+    from imagemapper.chains import cross_layer
+
+    _, cluster_doc = docs([], [], ["default::mirror.corp/x-\n[EXACT]nginx:1::mirror.corp/n/nginx:1\n"
+                                   "quay.io::registry.corp/q"])
+    items = [{"from": "mirror.corp/*", "to": "ns.corp/*"}, {"from": "mirror.corp/n/nginx", "to": "ns.corp/nginx"},
+             {"from": "registry.corp/q/a", "to": "ns.corp/a"}, {"from": "registry.corp/*", "to": "ns.corp/r/*"}]
+    notes = cross_layer(items, cluster_doc["targets"])
+    assert [n.partition(" ")[0] for n in notes] == ["spec.map[0]", "spec.map[1]", "spec.map[2]", "spec.map[3]"]
+    assert "'mirror.corp/n/nginx:1', 'mirror.corp/x-'" in notes[0] and "does not fire" in notes[1]
+    assert "never fires" in notes[2] and "does not fire for images under cluster target 'registry.corp/q'" in notes[3]

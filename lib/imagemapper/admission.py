@@ -138,7 +138,7 @@ def _validate_imagemap(request: Payload, obj: Payload, settings: Settings) -> Ad
     try:
         snapshot.open_snapshot(settings.state_dir).close()  # no snapshot yet: cannot judge
         accepted = snapshot.load_accepted(settings.state_dir, candidate.namespace)
-        cluster_targets = (snapshot.load_cluster(settings.state_dir) or {}).get("targets")
+        cluster_targets = _cluster_targets(settings)
     except snapshot.SnapshotError as exc:
         return protocol.allow([(f"image-mapper could not check {where} against other ImageMaps "
                                f"({exc}); the sync hook will report a conflict in its status")])
@@ -151,6 +151,26 @@ def _validate_imagemap(request: Payload, obj: Payload, settings: Settings) -> Ad
 
     return protocol.allow(_imagemap_warnings(obj, where)
                           + [f"{where}: {w}" for w in cross_layer(candidate.items, cluster_targets)])
+
+
+def _cluster_targets(settings: Settings) -> dict | None:
+    """The cluster map files' targets in force, read whole (for imagemapper.chains)."""
+    found: dict | None = snapshot.materialize((snapshot.load_cluster(settings.state_dir) or {}).get("targets"))
+    return found
+
+
+def _shadowed_lines(cm: MapFileInput, settings: Settings) -> list[str]:
+    """Lines of a namespace map file that a cluster target keeps from firing (a chain
+    across layers); nothing when there is no snapshot to judge by yet."""
+    if cm.namespace == settings.map_namespace:
+        return []
+    from imagemapper.chains import mapfile_lines
+
+    try:
+        targets = _cluster_targets(settings)
+    except snapshot.SnapshotError:
+        return []
+    return [str(d) for d in mapfile_lines([cm], targets)]
 
 
 def _imagemap_warnings(obj: Payload, where: str) -> list[str]:
@@ -207,7 +227,7 @@ def _validate_mapfile(request: Payload, obj: Payload, settings: Settings) -> Adm
                 warnings.append(f"{diag} (already there; not changed by this request)")
             else:
                 warnings.append(str(diag))
-    warnings += _compile_warnings(cm)
+    warnings += _compile_warnings(cm) + _shadowed_lines(cm, settings)
     from imagemapper.lint import first_of, fit_warnings
 
     if errors:

@@ -93,6 +93,7 @@ def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
     names = set(groups) if changed is None else set(groups) | set(old_ns)
     new_ns: dict = {}
     writers = snapshot.Writer(state_dir), snapshot.Writer(state_dir, snapshot.ACCEPTED)
+    shadows = _Shadows(cluster_cms)
     try:
         for namespace in sorted(names):
             ns_maps, ns_cms = groups.get(namespace, ([], []))
@@ -102,6 +103,7 @@ def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
             entry = _build_namespace(writers, carry, namespace, loaded, ns_cms,
                                      old_ns.get(namespace), result, inputs_of)
             if entry is not None:
+                shadows.attach(namespace, entry, ns_cms, old_ns.get(namespace), result)
                 new_ns[namespace] = entry
         cluster_entry, cluster_region = _build_cluster(carry, cluster_cms, index.get("cluster") or {}, result)
         generation = hashlib.sha256("\n".join([cluster_entry["hash"], *(
@@ -199,6 +201,37 @@ def _build_namespace(writers: tuple[snapshot.Writer, snapshot.Writer], carry: _C
         result.diagnostics[(namespace, cm_name)] = diags
     result.rules["namespace"] += entry["rules"]
     return entry
+
+
+class _Shadows:
+    """Namespace map-file lines that a cluster target keeps from firing (imagemapper.chains),
+    added to their ConfigMap's diagnostics. A namespace's notes are kept in its index entry
+    with the cluster files' hash, and found again only when either changed."""
+
+    def __init__(self, cluster_cms: list[MapFileInput]) -> None:
+        self.cms = cluster_cms
+        self.key = _digest(sorted([c.name, c.data] for c in cluster_cms))
+        self.targets: dict | None = None
+
+    def attach(self, namespace: str, entry: dict[str, Any], cms: list[MapFileInput],
+               previous: dict[str, Any] | None, result: Result) -> None:
+        if not cms:
+            return
+        if previous and previous.get("shadowed_by") == self.key and previous.get("cms") == entry["cms"]:
+            entry["shadowed"], entry["shadowed_by"] = previous["shadowed"], self.key  # ImageMaps changed
+        if entry.get("shadowed_by") != self.key:
+            from imagemapper.chains import mapfile_lines
+
+            if self.targets is None:
+                self.targets = compiler.compile_cluster(self.cms)[0]["targets"] if self.cms else {}
+            found: dict[str, list] = {}
+            for diag in mapfile_lines(cms, self.targets):
+                cm = next(c for c in cms if diag.source.startswith(c.prefix()))
+                found.setdefault(cm.name, []).append(compiler.diag_dict(diag))
+            entry["shadowed"], entry["shadowed_by"] = sorted(found.items()), self.key
+        for cm_name, diags in entry["shadowed"]:
+            key = (namespace, cm_name)
+            result.diagnostics[key] = [*result.diagnostics.get(key, []), *diags]
 
 
 def _cms_key(cms: list[MapFileInput]) -> str:

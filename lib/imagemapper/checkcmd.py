@@ -32,8 +32,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
                     help="a raw map file, or YAML with ImageMaps and map-file ConfigMaps "
                          "(several documents, Lists, `kubectl get -o yaml` output); '-' for stdin")
     ck.add_argument("--cluster-map-file", action="append", default=[], metavar="FILE",
-                    help="a cluster-wide map file in force: warn about ImageMap entries that "
-                         "its targets keep from firing (chains across layers)")
+                    help="a cluster-wide map file in force: warn about the ImageMap entries and "
+                         "namespace map-file lines (ConfigMaps outside image-mapper-system, raw "
+                         "files) that its targets keep from firing (chains across layers)")
     ck.add_argument("--strict", action="store_true",
                     help="exit 1 when a file has warnings, too (each is something the cluster "
                          "would not do as written)")
@@ -47,7 +48,19 @@ def check_file(path: str, cluster_targets: dict | None = None) -> tuple[list[str
     text = _read(path)
     if inputs.is_yaml_objects(path, text):
         return _check_objects(path, text, cluster_targets)
-    return _split(lint.mapfile_diagnostics(MapFileInput("", path, "", {"file": text}, label=path)))
+    cm = MapFileInput("", path, "", {"file": text}, label=path)
+    return _split(lint.mapfile_diagnostics(cm) + _shadowed(cm, cluster_targets))
+
+
+def _shadowed(cm: MapFileInput, cluster_targets: dict | None) -> list[Diagnostic]:
+    """Lines of a namespace map file that the cluster targets keep from firing."""
+    from imagemapper.cli import DEFAULT_OPERATOR_NAMESPACE
+
+    if not cluster_targets or cm.namespace == DEFAULT_OPERATOR_NAMESPACE:
+        return []
+    from imagemapper.chains import mapfile_lines
+
+    return mapfile_lines([cm], cluster_targets)
 
 
 def _split(diags: list[Diagnostic]) -> tuple[list[str], list[str]]:
@@ -88,7 +101,8 @@ def _check_objects(path: str, text: str, cluster_targets: dict | None = None) ->
                 continue
             bad, diags = lint.configmap_problems(doc.obj)
             errors += [f"{doc.where} (ConfigMap {doc.name()}): {e}" for e in bad]
-            more_errors, more_warnings = _split(diags)
+            more_errors, more_warnings = _split(diags + _shadowed(MapFileInput.from_object(doc.obj),
+                                                                  cluster_targets))
             errors += [f"{path}: {e}" for e in more_errors]
             warnings += [f"{path}: {w}" for w in more_warnings]
         else:
@@ -143,7 +157,7 @@ def run(paths: list[str], strict: bool = False, cluster_map_files: list[str] | N
     failed = False
     targets = _cluster_targets(cluster_map_files or [])
     for path in paths:
-        errors, warnings = check_file(path, targets)
+        errors, warnings = check_file(path, None if path in (cluster_map_files or []) else targets)
         for line in warnings:
             print(f"warning: {line}", file=sys.stderr)
         for line in errors:

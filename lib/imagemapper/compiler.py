@@ -45,7 +45,7 @@ def layer_size(layer: ImageMapLayer | MapFileLayer | None) -> int:
     return tables + sum(1 for k in ("default", "noswap") if k in found)
 
 
-def _diag_dict(diag: Diagnostic) -> DiagnosticRecord:
+def diag_dict(diag: Diagnostic) -> DiagnosticRecord:
     return {"source": diag.source, "line": diag.line, "severity": diag.severity,
             "message": diag.message, "text": str(diag), "reason": diag.reason}
 
@@ -55,7 +55,7 @@ def _split_diagnostics(diags: list[Diagnostic], configmaps: list[MapFileInput]) 
     for cm in configmaps:
         prefix = cm.prefix()
         out[(cm.namespace, cm.name)] = [
-            _diag_dict(d) for d in diags
+            diag_dict(d) for d in diags
             if d.source == cm.label or (not cm.label and d.source.startswith(prefix))]
     return out
 

@@ -296,6 +296,18 @@ def compile_files(files: list[tuple[str, str]]) -> tuple[MapFileLayer | None, Co
     The caller passes the files in (ConfigMap name, key) order, so imageswap's "last
     duplicate key wins" extends across ConfigMaps; line numbers stay per source.
     """
+    chosen, diags = chosen_lines(files)
+    if not chosen:
+        return None, _targets({}), diags
+    layer = _layer(chosen)
+    _warn_inactive(layer, chosen, diags)
+    _warn_shadowed(chosen, diags)
+    return layer, _targets(layer), diags
+
+
+def chosen_lines(files: list[tuple[str, str]]) -> tuple[list[MapLine], list[Diagnostic]]:
+    """The lines that take effect, in first-position order (a repeated key: the last line
+    wins), and the problems found reading them."""
     diags: list[Diagnostic] = []
     chosen: dict[tuple[str, str], MapLine] = {}  # insertion order = first position
     for source, text in files:
@@ -309,12 +321,7 @@ def compile_files(files: list[tuple[str, str]]) -> tuple[MapFileLayer | None, Co
                                         f"key repeats {old.source} line {old.line}; this line "
                                         "wins and the earlier one is ignored", DUPLICATE_KEY))
             chosen[slot] = entry
-    if not chosen:
-        return None, _targets({}), diags
-    layer = _layer(list(chosen.values()))
-    _warn_inactive(layer, list(chosen.values()), diags)
-    _warn_shadowed(list(chosen.values()), diags)
-    return layer, _targets(layer), diags
+    return list(chosen.values()), diags
 
 
 def _layer(entries: list[MapLine]) -> MapFileLayer:

@@ -345,7 +345,7 @@ def _mapfile_events(out: Output, cm: mapfile.MapFileInput, diags: list[dict], no
     for reason, group in _by_reason(diags).items():  # one Event per cause, named for it
         text = lint.first_of([d["text"] for d in group])
         out.operations.append(_event(cm.namespace, involved, reason, text,
-                                     "Warning", now, [cm.uid, cm.data, reason]))
+                                     "Warning", now, [cm.uid, cm.data, reason, text]))
 
 
 def _by_reason(diags: list[dict]) -> dict[str, list[dict]]:
