@@ -373,6 +373,47 @@ def test_invalid_imagemap_and_map_file_denied_at_apply(image_mapper: Operators,
     assert "imagemap.imagemapper.io/clash" not in stored
 
 
+def _shadow_events(cp: ControlPlane, namespace: str) -> list[str]:
+    events = cp.kubectl_json("get", "events", "-n", namespace)["items"]
+    return [e["message"] for e in events if e.get("reason") == "ShadowedByClusterRule"
+            and e["involvedObject"]["kind"] == "ConfigMap"]
+
+
+def test_chains_across_layers_are_reported_at_apply_and_in_events(
+    image_mapper: Operators, make_namespace: Callable[..., str]
+) -> None:
+    """Issue 11.2: namespace rules that a cluster target keeps from firing (ImageMap entries
+    and map-file lines) are named by kubectl apply's warnings, and a map file's by an Event,
+    also when a later change to the cluster map files shadows one of its lines."""
+    cp = image_mapper.cp
+    ns = make_namespace("chain")
+    cluster = f"e2e-chain-{ns}"
+    mirror, late = f"mirror.e2e/chain-{ns}", f"mirror.e2e/late-{ns}"
+    try:
+        cp.apply(mapfile(cluster, OPERATOR_NS, f"default::\nghcr.io/e2e-chain::{mirror}\n"))
+        wait_image(cp, ns, "ghcr.io/e2e-chain/app:1", f"{mirror}/app:1")
+        text = f"default::\n[EXACT]{mirror}/app:1::team.e2e/app:1\n[EXACT]{late}/app:1::team.e2e/late:1\n"
+        applied = cp.kubectl("apply", "-f", "-", input=json.dumps(mapfile("team", ns, text)))
+        assert (f"Warning: configmap {ns}/team key maps line 2: [EXACT]{mirror}/app:1::team.e2e/app:1 never "
+                f"fires: its images lie under cluster target '{mirror}'") in applied.stderr, applied.stderr
+        assert "line 3" not in applied.stderr
+        [event] = wait_until(lambda: _shadow_events(cp, ns), 20, "the ShadowedByClusterRule Event")
+        assert "line 2" in event and "line 3" not in event
+        assert dry_run_image(cp, ns, f"{mirror}/app:1") == f"{mirror}/app:1"  # the cluster target keeps it
+        assert dry_run_image(cp, ns, f"{late}/app:1") == "team.e2e/late:1"
+        # a change to the cluster map files shadows line 3: the namespace's report follows
+        cp.apply(mapfile(cluster, OPERATOR_NS, f"default::\nghcr.io/e2e-chain::{mirror}\ngcr.io/e2e-chain::{late}\n"))
+        wait_until(lambda: any("line 3" in m for m in _shadow_events(cp, ns)), 20, "an Event naming line 3")
+        # the ImageMap counterpart
+        result = cp.kubectl("apply", "-f", "-", input=json.dumps(imagemap(
+            "team-mirror", ns, [{"from": f"{mirror}/*", "to": "team.e2e/*"}])))
+        assert f'ImageMap "{ns}/team-mirror": spec.map[0] ({mirror}/*) never fires' in result.stderr, result.stderr
+        cond = wait_ready_state(cp, ns, "team-mirror", "Accepted")
+        assert f"spec.map[0] ({mirror}/*) never fires" in cond["message"]
+    finally:
+        cp.kubectl("delete", "configmap", cluster, "-n", OPERATOR_NS, "--ignore-not-found")
+
+
 def test_conflict_forced_in_is_rejected_until_the_other_is_fixed(
     image_mapper: Operators, make_namespace: Callable[..., str]
 ) -> None:
