@@ -658,6 +658,28 @@ def test_chain_across_layers_is_reported_in_status_and_at_apply(state):
     assert answer["allowed"] is True and any("never fires" in w for w in answer["warnings"])
 
 
+def test_imagemap_chain_notes_follow_a_cluster_map_file_change(state):
+    """Issue 11.2: when the cluster map files change so that a target now shadows an
+    ImageMap entry (or no longer does), its Ready message says so on that run, not at the
+    next 30-minute resync."""
+    env = make_env(state)
+    cluster = Cluster([imagemap("team", [{"from": "mirror.corp/gcr/*", "to": "team.corp/gcr/*"}]),
+                       mapfile("cluster-map", "default::\n"), webhook_configuration()])
+    operator = Operator(hook("sync.py"), cluster=cluster, env=env)
+    operator.start()
+    assert all(r.ok for r in operator.drain())
+    assert "never fires" not in ready(cluster, "team")["message"]
+    cluster.apply(mapfile("cluster-map", "default::\ngcr.io::mirror.corp/gcr\n"))
+    runs = operator.drain()
+    assert runs and all(r.ok for r in runs), [str(r) for r in runs]
+    cond = ready(cluster, "team")
+    assert cond["reason"] == "Accepted" and "spec.map[0] (mirror.corp/gcr/*) never fires" in cond["message"]
+    assert any(e["reason"] == "Accepted" and "never fires" in e["message"] for e in cluster.list("Event", "shop"))
+    cluster.apply(mapfile("cluster-map", "default::\n"))
+    assert all(r.ok for r in operator.drain())
+    assert "never fires" not in ready(cluster, "team")["message"]
+
+
 def _configmap_events(runs, ns):
     return [op["object"] for r in runs for op in r.patch_operations if op["operation"] == "CreateIfNotExists"
             and op["object"]["involvedObject"]["kind"] == "ConfigMap" and op["object"]["metadata"]["namespace"] == ns]

@@ -36,6 +36,7 @@ class Result:
         self.diagnostics: dict[tuple[str, str], list[dict]] = {}  # (ns, configmap) -> diags
         self.rules = {"namespace": 0, "cluster": 0}
         self.recompiled: list[str] = []                      # namespaces compiled this time
+        self.cluster_changed = False                         # the cluster map files compiled anew
         self.namespaces = 0
 
 
@@ -247,6 +248,7 @@ def _build_cluster(carry: _Carry, cms: list[MapFileInput], previous: dict[str, A
         entry, region = previous, copied
     else:
         doc, diags, rules = compiler.compile_cluster(cms)
+        result.cluster_changed = previous.get("hash") != key
         region = snapshot.encode_region({"generation": key, **doc})
         entry = {"hash": key, "rules": rules, "diagnostics": [[k[1], v] for k, v in diags.items()],
                  "namespace": cms[0].namespace if cms else ""}

@@ -125,6 +125,8 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
     result = builder.build(settings.state_dir, [m[0] for m in maps if gate.imagemap(m[0])], mapfiles,
                             settings.map_namespace, changed=changed,
                             inputs_of=lambda ns: [m[0] for m in _imagemaps(state, [ns]) if gate.imagemap(m[0])])
+    if result.cluster_changed and changed is not None:  # its targets may shadow any ImageMap entry
+        maps = _imagemaps(state, state.all_namespaces())
     state.save(built=True)
     gate.report(result)
     labels.report(result)

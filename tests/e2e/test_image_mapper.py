@@ -410,6 +410,11 @@ def test_chains_across_layers_are_reported_at_apply_and_in_events(
         assert f'ImageMap "{ns}/team-mirror": spec.map[0] ({mirror}/*) never fires' in result.stderr, result.stderr
         cond = wait_ready_state(cp, ns, "team-mirror", "Accepted")
         assert f"spec.map[0] ({mirror}/*) never fires" in cond["message"]
+        # the cluster rule goes: the entry fires, and its status says so on that sync
+        cp.apply(mapfile(cluster, OPERATOR_NS, f"default::\ngcr.io/e2e-chain::{late}\n"))
+        wait_until(lambda: "never fires" not in ready_condition(cp, ns, "team-mirror").get("message", "never fires"),
+                   20, "the Ready message without the note")
+        assert dry_run_image(cp, ns, f"{mirror}/app:1") == "team.e2e/app:1"
     finally:
         cp.kubectl("delete", "configmap", cluster, "-n", OPERATOR_NS, "--ignore-not-found")
 
