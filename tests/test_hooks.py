@@ -826,19 +826,30 @@ def lib_copy(tmp_path, bundle: bool) -> str:
     return lib
 
 
-@pytest.mark.parametrize("variant", ["plain", "bundled", "stale-bundle"])
+@pytest.mark.parametrize("variant", ["plain", "bundled", "stale-bundle", "old-layout-bundle", "cut-bundle",
+                                     "garbage-bundle"])
 def test_mutate_hot_path_imports_stay_small(synced, state, tmp_path, variant):
     """The per-Pod process must not pull in re, enum, json, typing or os (see docs/design.md).
 
     With the bundle (imagemapper.bundle) none of our modules is imported one by one; a
-    bundle older than a source is ignored, and the hook imports as usual.
+    bundle older than a source, of an older layout, cut short or not a bundle at all is
+    ignored, and the hook imports as usual.
     """
+    import marshal
     import subprocess
 
     lib = lib_copy(tmp_path, bundle=variant != "plain")
+    bundle_file = os.path.join(lib, "imagemapper", "_hotpath.bundle")
     if variant == "stale-bundle":
         with open(os.path.join(lib, "imagemapper", "rules.py"), "a") as handle:
             handle.write("# edited after the bundle was built\n")
+    elif variant != "plain" and variant != "bundled":
+        with open(bundle_file, "rb") as handle:
+            data = handle.read()
+        with open(bundle_file, "wb") as handle:
+            old_layout = marshal.dumps((b"\xa7\r\r\n", [("kube", 1, 2, compile("", "", "exec"))]))
+            handle.write({"old-layout-bundle": old_layout, "cut-bundle": data[:-1],
+                          "garbage-bundle": b"\xff" * 64}[variant])
     obj = pod({"web": "nginx:1", "b": "gcr.io/a/b:1"})
     context = [{"binding": MUTATE, "type": "Mutating", "review": {"request": pod_request(obj)}}]
     directory = os.path.dirname(state)
@@ -880,8 +891,8 @@ def _bundle_entries(lib: str) -> list:
 
     with open(os.path.join(lib, "imagemapper", "_hotpath.bundle"), "rb") as handle:
         data = handle.read()
-    size = int.from_bytes(data[:8], "little")
-    return marshal.loads(data[8:8 + size])[1]
+    size = int.from_bytes(data[8:16], "little")
+    return marshal.loads(data[16:16 + size])[1]
 
 
 def _python_s(code: str, lib: str, *args: str) -> str:

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"  # the version in pyproject.toml (a test keeps them equal)
 
 BUNDLE = "_hotpath.bundle"
+FORMAT = b"IMHOTP\x00\x02"  # the bundle's first bytes; another layout is ignored
 
 
 def use_bundle() -> bool:
@@ -26,12 +27,17 @@ def use_bundle() -> bool:
     except OSError:
         return False
     try:
-        size = int.from_bytes(posix.read(fd, 8), "little")
+        head = posix.read(fd, 16)
+        size, total = int.from_bytes(head[8:], "little"), posix.fstat(fd).st_size
+        if head[:8] != FORMAT or not 0 < size <= total - 16:
+            raise ValueError("not a bundle of this format")  # an older layout, or cut short
         data = posix.read(fd, size)
         magic, modules = marshal.loads(data)
         external = sys.modules.get("_frozen_importlib_external")
         if len(data) != size or magic != getattr(external, "MAGIC_NUMBER", None):
             raise ValueError("another interpreter's bundle")
+        if total != 16 + size + sum(entry[5] for entry in modules):
+            raise ValueError("the rest parts are cut short")
         for name, source_size, mtime, _, _, _ in modules:
             info = posix.stat(f"{here}/{name}.py")
             if (info.st_size, info.st_mtime_ns) != (source_size, mtime):
@@ -51,7 +57,7 @@ def use_bundle() -> bool:
         try:
             exec(code, module.__dict__)
             if length:
-                module.__dict__["__getattr__"] = _completion(module, fd, 8 + size + offset, length)
+                module.__dict__["__getattr__"] = _completion(module, fd, 16 + size + offset, length)
         except BaseException:
             del sys.modules[full]
             raise

@@ -22,6 +22,8 @@ import os
 import sys
 from types import CodeType
 
+from imagemapper import FORMAT
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -247,7 +249,7 @@ def _compile(name: str, module: _Module, keep: set[int]) -> tuple[tuple[str, int
 
 
 def build() -> bytes:
-    """The bundle file: the head's length (8 bytes), the head, then the rest parts.
+    """The bundle file: ``FORMAT``, the head's length (8 bytes), the head, the rest parts.
 
     The head is ``marshal`` of (bytecode magic, [(module, source size, source mtime, hot
     code, rest offset, rest length)]); a rest offset counts from the end of the head.
@@ -260,7 +262,7 @@ def build() -> bytes:
         rests.append(rest)
         at += len(rest)
     head = marshal.dumps((importlib.util.MAGIC_NUMBER, entries))
-    return len(head).to_bytes(8, "little") + head + b"".join(rests)
+    return FORMAT + len(head).to_bytes(8, "little") + head + b"".join(rests)
 
 
 def main() -> int:
