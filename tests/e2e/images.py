@@ -37,7 +37,8 @@ def local_image_exists(name: str) -> bool:
                           capture_output=True, check=False).returncode == 0
 
 
-def busybox_image(name: str, command: list[str], label: str) -> str:
+def busybox_image(name: str, command: list[str], label: str,
+                  applets: tuple[str, ...] = APPLETS) -> str:
     """A one-layer image: static busybox, a few applet links, `command` as its
     entrypoint. Built once into buildah's storage; returns `name`."""
     if local_image_exists(name):
@@ -51,7 +52,7 @@ def busybox_image(name: str, command: list[str], label: str) -> str:
         (mnt / "bin").mkdir()
         (mnt / "tmp").mkdir(mode=0o1777)
         shutil.copy2(BUSYBOX, mnt / "bin" / "busybox")
-        for applet in APPLETS:
+        for applet in applets:
             (mnt / "bin" / applet).symlink_to("busybox")
         _run("buildah", "umount", ctr)
         _run("buildah", "config", "--entrypoint", json.dumps(command), "--cmd", "",
@@ -70,6 +71,13 @@ def pause_image() -> str:
 def app_image() -> str:
     return busybox_image("localhost/image-mapper-e2e/app:1", APP_COMMAND,
                          "stand-in for public application images in the e2e cluster")
+
+
+def netcheck_image() -> str:
+    """A client for network checks: `nc` (TCP connect) and `wget` (HTTP)."""
+    return busybox_image("localhost/image-mapper-e2e/netcheck:2", APP_COMMAND,
+                         "network checks of the image-mapper e2e cluster",
+                         (*APPLETS, "nc", "timeout"))
 
 
 def push(cluster: Any, local: str, dest: str) -> str:

@@ -15,6 +15,7 @@ declare -A NEED=(
     [buildah]=buildah
     [/bin/busybox]=busybox-static
     [iptables]=iptables
+    [nft]=nftables
     [conntrack]=conntrack
     [ip]=iproute2
     [nsenter]=util-linux

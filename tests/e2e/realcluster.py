@@ -17,6 +17,14 @@ closed loopback port, so an image that was not relocated fails at once with
 ErrImagePull, as in an air-gapped cluster. Deleting the namespace removes the
 bridge, every Pod's veth and every iptables rule (kube-proxy's are per namespace).
 
+NetworkPolicy: kube-network-policies (SIG Network's reference enforcer; nftables rules
+send the first packet of each connection to or from a Pod that a policy selects to an
+NFQUEUE, and it answers accept or drop), built patched by build-binaries.sh (see
+kube-network-policies.patch). Upstream, it lets through every packet a root-owned
+socket on the node sends, so the kubelet's probes and the API server (root, on the
+node's network here) are never filtered; Pod-to-Pod traffic and a non-root process
+on the node are.
+
 Services: kube-proxy (iptables mode). The API server's `kubernetes` Service points at
 NODE_IP, so Pods reach the API server at 10.96.0.1:443 as in any cluster, and the API
 server calls the webhook through the Service's ClusterIP (kube-proxy's OUTPUT rules).
@@ -60,7 +68,13 @@ from cluster import (
     wait_until,
 )
 
-NODE_BINARIES = ("kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy")
+NODE_BINARIES = (
+    "kubelet",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+    "kube-network-policies",
+)
 NODE_NAME = "image-mapper-node"
 BRIDGE = "imbr0"
 NODE_IP = "10.244.0.1"
@@ -84,6 +98,8 @@ PUBLIC_REGISTRIES = (
     "public.ecr.aws",
     "registry.gitlab.com",
 )
+NETPOL_USER = "system:kube-network-policies"
+NETPOL_TABLE = "kube-network-policies"
 PAUSE_IMAGE = f"{REGISTRY}/image-mapper-e2e/pause:1"
 CGROUP_HIERARCHIES = Path("/sys/fs/cgroup")
 PACKAGES_SCRIPT = "tests/e2e/install-packages.sh"
@@ -97,6 +113,7 @@ HOST_TOOLS = {
     "nsenter": "util-linux",
     "ip": "iproute2",
     "iptables": "iptables",
+    "nft": "nftables",
     "conntrack": "conntrack",
     "busybox": "busybox-static",
 }
@@ -260,6 +277,7 @@ class RealCluster(ControlPlane):
             self._start_containerd()
             self._start_kubelet()
             self._start_kube_proxy()
+            self._start_network_policies()
             self._write_state()
             self._write_kubectl_wrapper()
             self.wait_node_ready(timeout)
@@ -358,6 +376,7 @@ class RealCluster(ControlPlane):
         pki.issue("controller-manager", "system:kube-controller-manager", client=True)
         pki.issue("scheduler", "system:kube-scheduler", client=True)
         pki.issue("kube-proxy", "system:kube-proxy", client=True)
+        pki.issue("kube-network-policies", NETPOL_USER, client=True)
 
     def _client_kubeconfig(self, name: str) -> Path:
         return self._write_kubeconfig(
@@ -593,6 +612,42 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         )
         self._spawn("kube-proxy", [str(bin_dir() / "kube-proxy"), f"--config={config}"])
 
+    def _start_network_policies(self) -> None:
+        """The NetworkPolicy enforcer, with upstream's RBAC (list and watch Pods,
+        Namespaces, NetworkPolicies) bound to its client certificate's user."""
+        rules = [
+            {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+             "verbs": ["list", "watch"]},
+        ]
+        self.apply([
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": "kube-network-policies"}, "rules": rules},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": "kube-network-policies"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                         "name": "kube-network-policies"},
+             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                           "name": NETPOL_USER}]},
+        ])
+        enforcer = self._spawn(
+            "kube-network-policies",
+            [
+                str(bin_dir() / "kube-network-policies"),
+                f"--kubeconfig={self._client_kubeconfig('kube-network-policies')}",
+                f"--hostname-override={NODE_NAME}",
+                "--metrics-bind-address=127.0.0.1:9080",
+                "--v=2",
+            ],
+        )
+
+        def rules_installed() -> bool:
+            enforcer.check_alive()
+            listed = self.run_in_netns("nft", "list", "table", "inet", NETPOL_TABLE, check=False)
+            return listed.returncode == 0 and "queue" in listed.stdout
+
+        wait_until(rules_installed, 30, f"kube-network-policies' nftables table {NETPOL_TABLE}")
+
     @staticmethod
     def _cgroup_hierarchies() -> list[Path]:
         return _cgroup_hierarchies()
@@ -782,7 +837,7 @@ def teardown(state: dict[str, Any]) -> list[str]:
     left over (empty when clean)."""
     workdir, netns, root = state["workdir"], state["netns"], state["cgroup_root"]
     pids = {name: int(pid) for name, pid in state.get("pids", {}).items()}
-    order = ["kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager"]
+    order = ["kube-network-policies", "kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager"]
     # 1. The node agents and controllers, so nothing restarts containers.
     _stop_pids([pids[n] for n in order if n in pids and _own(pids[n], workdir)], 10)
     # 2. Container processes (the kubelet's cgroups) and containerd's shims.

@@ -12,19 +12,24 @@ disruptive ones (failure policies, uninstall) come last.
 from __future__ import annotations
 
 import json
+import os
+import re
 import ssl
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import images
 import pytest
 import realinstall
+import yaml
 from cluster import E2EError, wait_until
-from install import OPERATOR_NS, imagemap, images_of, mapfile
-from realcluster import NODE_NAME, REGISTRY, RealCluster, enter_netns
+from install import OPERATOR_NS, PROBE_IMAGE, PROBE_NS, PROBED_IMAGE, imagemap, images_of, mapfile, pod
+from realcluster import NODE_IP, NODE_NAME, REGISTRY, RealCluster, enter_netns
 from typing_extensions import Self
 
 pytestmark = pytest.mark.e2e
@@ -439,7 +444,137 @@ def test_logs_columns_and_metrics(installed: RealCluster) -> None:
     wait_until(patched, 45, "image_mapper_admissions_total{result=patched} in a replica's metrics")
 
 
-# ------------------------------------------------ 5. failure policy, uninstall
+# ------------------------------------- 5. the NetworkPolicy, really enforced
+
+# The one-node cluster enforces NetworkPolicy with kube-network-policies
+# (realcluster.py). Its rules drop what a policy does not allow, so a refused
+# connection times out (busybox nc: "timed out") instead of being reset.
+NETPOL = "image-mapper"
+NETCHECK_IMAGE = f"{REGISTRY}/image-mapper-e2e/netcheck:2"
+WEBHOOK_PORT, METRICS_PORT = 9680, 9115
+SHIPPED_POLICY = realinstall.REPO / "deploy" / "base" / "networkpolicy.yaml"
+SECURITY_DOC = realinstall.REPO / "docs" / "security.md"
+
+
+def client_pod(cluster: RealCluster, namespace: str) -> tuple[str, str]:
+    """A Pod `netcheck` in `namespace` (created with it), Running; returns (namespace, name)."""
+    cluster.create_namespace(namespace)
+    cluster.apply({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "netcheck", "namespace": namespace},
+                   "spec": {"containers": [{"name": "netcheck", "image": NETCHECK_IMAGE}],
+                            "terminationGracePeriodSeconds": 1}})
+    cluster.kubectl("wait", "-n", namespace, "pod/netcheck", "--for=condition=Ready",
+                    "--timeout=90s", timeout=100)
+    return namespace, "netcheck"
+
+
+def connect(cluster: RealCluster, client: tuple[str, str] | None, host: str, port: int) -> str:
+    """Whether a TCP connection to host:port from the client Pod (None: a process on
+    the node, not root) is "open" or "dropped" (2 s timeout)."""
+    nc = ["nc", "-w", "2", host, str(port), "-e", "/bin/true"]
+    if client is None:
+        result = cluster.run_in_netns("setpriv", "--reuid=65534", "--regid=65534",
+                                      "--clear-groups", "busybox", *nc, check=False, timeout=20)
+    else:
+        result = cluster.kubectl("exec", "-n", client[0], client[1], "--", *nc,
+                                 check=False, timeout=20)
+    if result.returncode == 0:
+        return "open"
+    if "timed out" in result.stderr:
+        return "dropped"
+    raise E2EError(f"nc {host}:{port} from {client or 'the node'}: {result.stderr.strip()}")
+
+
+def scrape(cluster: RealCluster, client: tuple[str, str], host: str) -> str:
+    """GET /metrics on host:9115 from the client Pod; "" when it cannot connect."""
+    # `timeout`, not wget's -T: Debian's busybox 1.35 wget segfaults with -T.
+    result = cluster.kubectl("exec", "-n", client[0], client[1], "--", "timeout", "3", "wget",
+                             "-q", "-O", "-", f"http://{host}:{METRICS_PORT}/metrics",
+                             check=False, timeout=20)
+    return result.stdout if result.returncode == 0 else ""
+
+
+def apply_policy(cluster: RealCluster, policy: dict[str, Any]) -> None:
+    cluster.apply({**policy, "metadata": {**policy["metadata"], "namespace": OPERATOR_NS}})
+
+
+def narrowed_policy(cluster: RealCluster, cidr: str) -> dict[str, Any]:
+    """The NetworkPolicy after docs/security.md's apiserver-only patch, with `cidr` as
+    the API server's range, rendered by kustomize over the installed overlay."""
+    text = SECURITY_DOC.read_text()
+    found = re.search(r"```yaml\n(# deploy-patch: apiserver-only\n.*?)```", text, re.S)
+    assert found, "docs/security.md lost the apiserver-only patch"
+    patch = re.sub(r"cidr: \S+", f"cidr: {cidr}", found.group(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "apiserver-only.yaml").write_text(patch)
+        Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump({
+            "resources": [os.path.relpath(realinstall.OVERLAY, tmp)], "patches": [{"path": "apiserver-only.yaml"}]}))
+        rendered = cluster.kubectl("kustomize", tmp).stdout
+    (policy,) = [d for d in yaml.safe_load_all(rendered)
+                 if d and d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == NETPOL]
+    return policy
+
+
+def admission_works(cluster: RealCluster) -> bool:
+    """The API server reached the webhook port: a dry-run Pod is rewritten."""
+    stored = cluster.create(pod("netpol-probe", PROBE_NS, PROBE_IMAGE), dry_run=True)
+    return images_of(stored)["containers/c0"] == PROBED_IMAGE
+
+
+def test_network_policy_is_enforced(installed: RealCluster) -> None:
+    """What deploy/base/networkpolicy.yaml and its documented narrowing let through,
+    on an enforcing cluster, compared with no policy at all."""
+    cluster = installed
+    images.push(cluster, images.netcheck_image(), NETCHECK_IMAGE)
+    tenant = client_pod(cluster, "np-tenant")
+    monitoring = client_pod(cluster, "monitoring")
+    target = realinstall.operator_pods(cluster)[0]["status"]["podIP"]
+    service = cluster.kubectl_json("get", "service", "image-mapper-webhook", "-n",
+                                   OPERATOR_NS)["spec"]["clusterIP"]
+
+    def eventually(client: tuple[str, str] | None, host: str, port: int, want: str) -> None:
+        wait_until(lambda: connect(cluster, client, host, port) == want, 30,
+                   f"{host}:{port} {want} from {client or 'the node'}", interval=0.5)
+
+    try:
+        # 1. The policy as the bundle ships it: metrics only from `monitoring`, the
+        # webhook port from anywhere (the bundle cannot know the API server's range).
+        wait_until(lambda: "shell_operator_" in scrape(cluster, monitoring, target), 30,
+                   "monitoring to scrape the metrics port")
+        assert connect(cluster, tenant, target, METRICS_PORT) == "dropped"
+        assert connect(cluster, tenant, target, WEBHOOK_PORT) == "open"
+        assert admission_works(cluster)
+        # 2. No policy: the same Pod reaches both ports, so the drops above are the
+        # enforcer's doing, not a broken network.
+        cluster.kubectl("delete", "networkpolicy", NETPOL, "-n", OPERATOR_NS)
+        eventually(tenant, target, METRICS_PORT, "open")
+        assert "shell_operator_" in scrape(cluster, tenant, target)
+        assert connect(cluster, tenant, target, WEBHOOK_PORT) == "open"
+        # 3. Narrowed as docs/security.md says, to the node's address (the API
+        # server's source here): no Pod reaches the webhook, directly or through
+        # the Service; monitoring still scrapes; admission works; a non-root process
+        # on the node gets in through the ipBlock.
+        apply_policy(cluster, narrowed_policy(cluster, f"{NODE_IP}/32"))
+        eventually(tenant, target, WEBHOOK_PORT, "dropped")
+        assert connect(cluster, tenant, service, 443) == "dropped"
+        assert connect(cluster, tenant, target, METRICS_PORT) == "dropped"
+        assert connect(cluster, monitoring, target, WEBHOOK_PORT) == "dropped"
+        assert "shell_operator_" in scrape(cluster, monitoring, target)
+        assert connect(cluster, None, target, WEBHOOK_PORT) == "open"
+        assert admission_works(cluster)
+        # 4. An ipBlock without the node: the non-root process is dropped, the API
+        # server is not. kube-network-policies never filters root-owned sockets of
+        # the node, whatever the policy (docs/security.md).
+        apply_policy(cluster, narrowed_policy(cluster, "192.0.2.0/24"))
+        eventually(None, target, WEBHOOK_PORT, "dropped")
+        assert admission_works(cluster)
+    finally:
+        apply_policy(cluster, yaml.safe_load(SHIPPED_POLICY.read_text()))
+        for namespace in ("np-tenant", "monitoring"):
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+# ------------------------------------------------ 6. failure policy, uninstall
 
 
 def set_failure_policy(cluster: RealCluster, policy: str) -> None:
