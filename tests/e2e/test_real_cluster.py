@@ -470,8 +470,9 @@ def client_pod(cluster: RealCluster, namespace: str) -> tuple[str, str]:
 
 def connect(cluster: RealCluster, client: tuple[str, str] | None, host: str, port: int) -> str:
     """Whether a TCP connection to host:port from the client Pod (None: a process on
-    the node, not root) is "open" or "dropped" (2 s timeout)."""
-    nc = ["nc", "-w", "2", host, str(port), "-e", "/bin/true"]
+    the node, not root) is "open" or "dropped" (1 s timeout: an open connect on the
+    bridge takes microseconds)."""
+    nc = ["nc", "-w", "1", host, str(port), "-e", "/bin/true"]
     if client is None:
         result = cluster.run_in_netns("setpriv", "--reuid=65534", "--regid=65534",
                                       "--clear-groups", "busybox", *nc, check=False, timeout=20)
