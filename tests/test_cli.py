@@ -214,6 +214,13 @@ def test_check_names_namespace_map_file_lines_a_cluster_target_keeps_from_firing
     assert (f"warning: {cms}: configmap shop/team key maps line 2: [REPLACE]registry.corp/team/*::team.corp "
             "never fires") in out.stderr and "image-mapper-system/more" not in out.stderr
     assert cli("check", "--strict", "--cluster-map-file", cluster, raw).returncode == 1
+    as_yaml = write(tmp_path, "cluster.yaml", "apiVersion: v1\nkind: List\nitems:\n" + "".join(
+        f"- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: c\n    namespace: {ns}\n"
+        "    labels: {imagemapper.io/map-file: 'true'}\n"
+        f"  data:\n    maps: \"default::\\n{line}\\n\"\n"
+        for ns, line in (("image-mapper-system", "quay.io::registry.corp"), ("shop", "docker.io::gcr.io"))))
+    out = cli("check", "--cluster-map-file", as_yaml, raw)  # kubectl get cm -A -o yaml: only its cluster files
+    assert "line 2: registry.corp/team::team.corp never fires" in out.stderr and "line 3" not in out.stderr
     assert "ok (0 errors, 0 warnings)" in cli("check", raw).stdout  # without the cluster file
 
 

@@ -32,9 +32,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
                     help="a raw map file, or YAML with ImageMaps and map-file ConfigMaps "
                          "(several documents, Lists, `kubectl get -o yaml` output); '-' for stdin")
     ck.add_argument("--cluster-map-file", action="append", default=[], metavar="FILE",
-                    help="a cluster-wide map file in force: warn about the ImageMap entries and "
-                         "namespace map-file lines (ConfigMaps outside image-mapper-system, raw "
-                         "files) that its targets keep from firing (chains across layers)")
+                    help="a cluster-wide map file in force (raw, or its ConfigMaps as YAML): warn "
+                         "about the ImageMap entries and namespace map-file lines (ConfigMaps "
+                         "outside image-mapper-system, raw files) that its targets keep from "
+                         "firing (chains across layers)")
     ck.add_argument("--strict", action="store_true",
                     help="exit 1 when a file has warnings, too (each is something the cluster "
                          "would not do as written)")
@@ -145,9 +146,15 @@ def _cluster_targets(paths: list[str]) -> dict | None:
     if not paths:
         return None
     from imagemapper import compiler
-    from imagemapper.cli import _read
+    from imagemapper.cli import DEFAULT_OPERATOR_NAMESPACE, UsageError, _read
 
-    files = [MapFileInput("", path, "", {"file": _read(path)}, label=path) for path in paths]
+    found = inputs.RuleSet()  # raw map files, or ConfigMaps as `kubectl get -o yaml` gives them
+    try:
+        for path in paths:
+            found.add_file(path, _read(path), DEFAULT_OPERATOR_NAMESPACE, raw_ok=True)
+    except inputs.InputError as exc:
+        raise UsageError(f"--cluster-map-file {exc}") from None
+    files = [cm for cm in found.mapfiles if cm.namespace == DEFAULT_OPERATOR_NAMESPACE]
     return compiler.compile_cluster(files)[0]["targets"]
 
 
