@@ -387,6 +387,26 @@ def test_status_events_and_readiness(synced, state):
     assert synced.pending() == []  # our own writes did not wake the hook again
 
 
+@pytest.mark.parametrize("mode", ["enabled", "disabled", "opt-in"])
+def test_start_is_one_run_that_sees_every_kind_and_compiles_once(state, mode):
+    """The grouped bindings come first, so their Synchronization absorbs the ImageMaps'
+    (hookconfig.sync_config): one run at start, nothing read back and compiled again."""
+    cluster = Cluster([imagemap("team", [{"from": "nginx", "to": "registry.corp/hub/nginx"}]),
+                       mapfile("cluster-map", "default::mirror.corp\n"), webhook_configuration()])
+    operator = Operator(hook("sync.py"), cluster=cluster,
+                        env=make_env(state, IMAGE_MAPPER_NAMESPACE_MAP_FILES=mode))
+    operator.start()
+    runs = operator.drain()
+    first = runs[0]
+    grouped = {"mapfiles", "webhook"} | ({"namespaces"} if mode == "opt-in" else set())
+    assert [(c["binding"], c["type"]) for c in first.contexts] == [
+        ("namespaces" if mode == "opt-in" else "webhook", "Group"), ("imagemaps", "Synchronization")]
+    assert set(first.contexts[0]["snapshots"]) == grouped
+    assert "snapshot compiled" in first.stderr + first.stdout
+    assert "waiting for the first synchronization" not in "".join(r.stderr + r.stdout for r in runs)
+    assert ready(cluster, "team")["reason"] == "Accepted"
+
+
 def test_conflict_then_fix_flips_status_on_next_sync(synced):
     cluster = synced.cluster
     cluster.apply(imagemap("late", [{"from": "nginx", "to": "other.corp/nginx"}], created="2025-01-01T00:00:00Z"))
@@ -547,7 +567,7 @@ def test_namespace_map_files_opt_in_follow_the_namespace_label(state):
     assert "namespaces" in sync_config.schedule("resync").include_snapshots
     for mode in ("enabled", "disabled"):
         other = load_config(hook("sync.py"), make_env(state, IMAGE_MAPPER_NAMESPACE_MAP_FILES=mode))
-        assert [b.name for b in other.kubernetes] == ["imagemaps", "mapfiles", "webhook"]
+        assert [b.name for b in other.kubernetes] == ["mapfiles", "webhook", "imagemaps"]
         assert [w.name for w in load_config(hook("validate.py"), make_env(
             state, IMAGE_MAPPER_NAMESPACE_MAP_FILES=mode)).validating] == [
             "imagemaps.validate.imagemapper.io", "mapfiles.validate.imagemapper.io"]

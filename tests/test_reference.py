@@ -446,3 +446,72 @@ def test_generator_mostly_valid():
 
     collect()
     assert sum(seen) > len(seen) * 0.7
+
+
+# ---- the fast path and the table of earlier answers against the full validator ----------
+
+def _outcome(fn, text):
+    """What ``fn`` says about ``text``: the reference's parts, or the error's code and words."""
+    try:
+        ref = fn(text)
+    except InvalidReference as exc:
+        return ("error", exc.code, str(exc))
+    return ("ok", ref.domain, ref.path, ref.tag, ref.digest)
+
+
+def _agrees(text):
+    from imagemapper import reference
+
+    want = _outcome(reference.parse_full, text)
+    fast = reference._fast(text) if isinstance(text, str) else None
+    assert fast is None or ("ok", fast.domain, fast.path, fast.tag, fast.digest) == want, text
+    assert _outcome(parse, text) == want, text
+    assert _outcome(parse, text) == want, text  # the second answer comes from the table
+    return fast is not None
+
+
+# registry-qualified strings near the fast path's edges: upper case, separators at the
+# ends of components, empty components, long paths, odd tags, digests, Hub's own names
+_near_path = st.text(alphabet="ab0-_./A", min_size=0, max_size=12)
+_near = st.builds(
+    lambda dom, port, path, tag, dig: dom + port + "/" + path + tag + dig,
+    st.one_of(_domain, st.sampled_from(["a_b.c", "-a.io", "a..io", "quay.io", "Quay.IO", "x"])),
+    _port,
+    st.one_of(_near_path, st.lists(_component, min_size=1, max_size=4).map("/".join),
+              st.integers(250, 260).map(lambda n: "x" * n)),
+    st.one_of(st.just(""), st.text(alphabet="aZ9_.-:/é", max_size=8).map(lambda t: ":" + t),
+              st.integers(127, 130).map(lambda n: ":" + "t" * n)),
+    st.one_of(st.just(""), st.just("@" + D256), st.just("@sha256:abc")),
+)
+
+
+@pytest.mark.parametrize("text", [v[0] for v in VALID] + [i[0] for i in INVALID])
+def test_parse_agrees_with_the_full_validator_on_the_tables(text):
+    _agrees(text)
+
+
+@_fast
+@given(st.one_of(_candidate, _near, _noise, st.text(max_size=40)))
+def test_parse_agrees_with_the_full_validator(text):
+    _agrees(text)
+
+
+def test_fast_path_takes_the_common_shapes():
+    """The property above tests something: these are decided by the fast path."""
+    for text in ("quay.io/org/app", "mirror.corp/team/app:v1", "localhost:5000/a-b/c", "[::1]:5000/x:y"):
+        assert _agrees(text), text
+    for text in ("nginx", "bitnami/redis", "docker.io/x", "index.docker.io/x", "quay.io/a.b",
+                 "quay.io/a@" + D256, "a_b.c/d"):
+        assert not _agrees(text), text
+
+
+def test_tables_of_earlier_answers_are_bounded():
+    from imagemapper import reference
+
+    for i in range(reference._PARSED_MAX + 10):
+        parse(f"reg{i % (reference._REGISTRIES_MAX + 5)}.io/app{i}:v{i}")
+    assert 0 < len(reference._PARSED) <= reference._PARSED_MAX
+    assert 0 < len(reference._REGISTRIES) <= reference._REGISTRIES_MAX
+    with pytest.raises(InvalidReference):
+        parse("quay.io/Team/app")
+    assert "quay.io/Team/app" not in reference._PARSED, "refusals are not kept"

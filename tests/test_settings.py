@@ -108,7 +108,7 @@ def test_namespace_label_watch_and_check_exist_only_in_opt_in_mode():
                        "allowFailure": True}
     assert "namespace" not in next(b for b in config["kubernetes"] if b["name"] == "mapfiles")
     resync = next(b for b in config["schedule"] if b["name"] == "resync")
-    assert resync["includeSnapshotsFrom"] == ["imagemaps", "mapfiles", "webhook", "namespaces"]
+    assert resync["includeSnapshotsFrom"] == ["mapfiles", "webhook", "namespaces", "imagemaps"]
     [check] = [w for w in hookconfig.validate_config(s)["kubernetesValidating"]
                if w["name"] == hookconfig.VALIDATE_UNLABELED]
     assert check["failurePolicy"] == "Ignore"

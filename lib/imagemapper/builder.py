@@ -18,11 +18,14 @@ from imagemapper import compiler, snapshot
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, TypeVar
 
+    from imagemapper.compiler import ClusterCompiled, Observer
     from imagemapper.imagemap import MapInput
     from imagemapper.mapfile import MapFileInput
     from imagemapper.shapes import VerdictRecord
+
+    T = TypeVar("T")
 
 INDEX = "index.json"
 INDEX_FORMAT = 2  # 2: verdicts are {reason, message, rules} records; another format is rebuilt
@@ -75,7 +78,9 @@ def _namespace_key(maps: list[MapInput], cms: list[MapFileInput]) -> str:
 
 def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
           map_namespace: str, changed: set[str] | None = None,
-          inputs_of: Callable[[str], list[MapInput]] | None = None) -> Result:
+          inputs_of: Callable[[str], list[MapInput]] | None = None,
+          observe: Observer | None = None,
+          cluster: Callable[[], ClusterCompiled] | None = None) -> Result:
     """Bring the snapshot in ``state_dir`` up to date with the given cluster state.
 
     With ``changed`` None, ``maps`` and ``configmaps`` are the whole cluster. Otherwise
@@ -83,7 +88,10 @@ def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
     always all of them): every other namespace is carried over from the previous
     generation, and ``inputs_of(namespace) -> [MapInput]`` supplies the ImageMaps of one
     that cannot be carried (its region is gone). Unchanged namespaces are copied byte
-    for byte; only namespaces whose inputs changed are compiled again.
+    for byte; only namespaces whose inputs changed are compiled again, and ``observe``
+    sees their verdicts (see compiler.compile_namespace). ``cluster()`` gives
+    ``compiler.compile_cluster`` of the cluster-wide map files when the caller compiles
+    them too; either way they are compiled at most once.
     """
     result = Result()
     index = _load_index(state_dir)
@@ -94,7 +102,8 @@ def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
     names = set(groups) if changed is None else set(groups) | set(old_ns)
     new_ns: dict = {}
     writers = snapshot.Writer(state_dir), snapshot.Writer(state_dir, snapshot.ACCEPTED)
-    shadows = _Shadows(cluster_cms)
+    compiled = _once(cluster or (lambda: compiler.compile_cluster(cluster_cms)))
+    shadows = _Shadows(cluster_cms, compiled)
     try:
         for namespace in sorted(names):
             ns_maps, ns_cms = groups.get(namespace, ([], []))
@@ -102,11 +111,12 @@ def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
             if changed is not None and namespace not in changed:
                 loaded = None  # not loaded: carried over, or read with inputs_of
             entry = _build_namespace(writers, carry, namespace, loaded, ns_cms,
-                                     old_ns.get(namespace), result, inputs_of)
+                                     old_ns.get(namespace), result, inputs_of, observe)
             if entry is not None:
                 shadows.attach(namespace, entry, ns_cms, old_ns.get(namespace), result)
                 new_ns[namespace] = entry
-        cluster_entry, cluster_region = _build_cluster(carry, cluster_cms, index.get("cluster") or {}, result)
+        cluster_entry, cluster_region = _build_cluster(carry, cluster_cms, index.get("cluster") or {}, result,
+                                                       compiled)
         generation = hashlib.sha256("\n".join([cluster_entry["hash"], *(
             f"{ns} {e['hash']}" for ns, e in sorted(new_ns.items()))]).encode()).hexdigest()[:32]
         writers[0].commit(cluster_region, generation)
@@ -165,7 +175,7 @@ def _file_stamp(path: str) -> list[int] | None:
 def _build_namespace(writers: tuple[snapshot.Writer, snapshot.Writer], carry: _Carry, namespace: str,
                      maps: list[MapInput] | None, cms: list[MapFileInput], previous: dict[str, Any] | None,
                      result: Result, inputs_of: Callable[[str], list[MapInput]] | None = None,
-                     ) -> dict[str, Any] | None:
+                     observe: Observer | None = None) -> dict[str, Any] | None:
     """Carry one namespace over or compile it; None when it has no inputs any more.
 
     ``maps`` None: the caller did not load this namespace's ImageMaps because nothing
@@ -186,7 +196,7 @@ def _build_namespace(writers: tuple[snapshot.Writer, snapshot.Writer], carry: _C
     elif not maps and not cms:
         return None
     else:
-        doc, verdicts, diags, rules = compiler.compile_namespace(namespace, maps or [], cms)
+        doc, verdicts, diags, rules = compiler.compile_namespace(namespace, maps or [], cms, observe)
         accepted = doc.pop("accepted", {}) if doc else {}
         regions = (snapshot.encode_region(dict(doc)) if doc else None,
                    snapshot.encode_region({"maps": accepted}) if accepted else None)
@@ -209,8 +219,9 @@ class _Shadows:
     added to their ConfigMap's diagnostics. A namespace's notes are kept in its index entry
     with the cluster files' hash, and found again only when either changed."""
 
-    def __init__(self, cluster_cms: list[MapFileInput]) -> None:
+    def __init__(self, cluster_cms: list[MapFileInput], compiled: Callable[[], ClusterCompiled]) -> None:
         self.cms = cluster_cms
+        self.compiled = compiled
         self.key = _digest(sorted([c.name, c.data] for c in cluster_cms))
         self.targets: dict | None = None
 
@@ -224,7 +235,7 @@ class _Shadows:
             from imagemapper.chains import mapfile_lines
 
             if self.targets is None:
-                self.targets = compiler.compile_cluster(self.cms)[0]["targets"] if self.cms else {}
+                self.targets = self.compiled()[0]["targets"] if self.cms else {}
             found: dict[str, list] = {}
             for diag in mapfile_lines(cms, self.targets):
                 cm = next(c for c in cms if diag.source.startswith(c.prefix()))
@@ -235,19 +246,31 @@ class _Shadows:
             result.diagnostics[key] = [*result.diagnostics.get(key, []), *diags]
 
 
+def _once(make: Callable[[], T]) -> Callable[[], T]:
+    """``make()``, called the first time only."""
+    done: list[T] = []
+
+    def get() -> T:
+        if not done:
+            done.append(make())
+        return done[0]
+    return get
+
+
 def _cms_key(cms: list[MapFileInput]) -> str:
     return _digest(sorted([c.name, c.data] for c in cms)) if cms else ""
 
 
-def _build_cluster(carry: _Carry, cms: list[MapFileInput], previous: dict[str, Any],
-                   result: Result) -> tuple[dict[str, Any], tuple[bytes | snapshot._Copy, int]]:
+def _build_cluster(carry: _Carry, cms: list[MapFileInput], previous: dict[str, Any], result: Result,
+                   compiled: Callable[[], ClusterCompiled],
+                   ) -> tuple[dict[str, Any], tuple[bytes | snapshot._Copy, int]]:
     key = _digest(sorted([c.name, c.data] for c in cms))
     copied = carry.cluster() if previous.get("hash") == key else None
     region: tuple[bytes | snapshot._Copy, int]
     if copied is not None:
         entry, region = previous, copied
     else:
-        doc, diags, rules = compiler.compile_cluster(cms)
+        doc, diags, rules = compiled()
         result.cluster_changed = previous.get("hash") != key
         region = snapshot.encode_region({"generation": key, **doc})
         entry = {"hash": key, "rules": rules, "diagnostics": [[k[1], v] for k, v in diags.items()],

@@ -21,6 +21,7 @@ from imagemapper.rules import under_targets
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from imagemapper.imagemap import Entry
     from imagemapper.mapfile import Diagnostic, MapFileInput, MapLine
 
 REASON = "ShadowedByClusterRule"  # the Event reason of a map-file line a cluster target stops
@@ -138,21 +139,41 @@ def _entry_shadow(kind: str, key: str, found: Targets) -> tuple[str | None, list
         return None, []
 
 
-def cross_layer(items: list, cluster_targets: dict | Targets | None) -> list[str]:
-    """``spec.map[i] (...) ...`` for each ImageMap entry that a cluster target shadows."""
+def cross_layer(items: list, cluster_targets: dict | Targets | None,
+                memo: dict[tuple[str, str], tuple[str | None, list[str]]] | None = None) -> list[str]:
+    """``spec.map[i] (...) ...`` for each ImageMap entry that a cluster target shadows
+    (``memo``: see :func:`shadowed`)."""
     from imagemapper.imagemap import EntryError, parse_entry
 
+    if index(cluster_targets) is None:
+        return []
+    entries = []
+    for position, item in enumerate(items if isinstance(items, list) else []):
+        try:
+            entries.append(parse_entry(position, item))
+        except EntryError:
+            continue
+    return shadowed(entries, cluster_targets, memo)
+
+
+def shadowed(entries: list[Entry], cluster_targets: dict | Targets | None,
+             memo: dict[tuple[str, str], tuple[str | None, list[str]]] | None = None) -> list[str]:
+    """:func:`cross_layer` on entries already parsed (the sync hook's compile has them).
+
+    ``memo`` keeps what the targets say about each (kind, key) across calls with the same
+    targets: the same ``from`` recurs in many namespaces.
+    """
     found = index(cluster_targets)
     if found is None:
         return []
+    memo = {} if memo is None else memo
     out = []
-    for position, item in enumerate(items if isinstance(items, list) else []):
-        try:
-            entry = parse_entry(position, item)
-        except EntryError:
-            continue
+    for entry in entries:
         kind, key, _ = entry.from_range
-        note = _note(f"{entry.label()} ({entry.raw_from})", *_entry_shadow(kind, key, found))
+        shadow = memo.get((kind, key))
+        if shadow is None:
+            shadow = memo[(kind, key)] = _entry_shadow(kind, key, found)
+        note = _note(f"{entry.label()} ({entry.raw_from})", *shadow)
         if note:
             out.append(note)
     return out

@@ -14,8 +14,10 @@ from imagemapper.rules import merge_targets
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
+    from imagemapper.imagemap import Verdict
     from imagemapper.mapfile import Diagnostic
     from imagemapper.shapes import (
         ClusterDoc,
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     )
 
     Diagnostics = dict[tuple[str, str], list[DiagnosticRecord]]  # (namespace, ConfigMap) -> records
+    Observer = Callable[[str, dict[str, Verdict]], None]
+    ClusterCompiled = tuple[ClusterDoc, Diagnostics, int]  # what compile_cluster returns
 
 
 def _files_of(configmaps: list[MapFileInput]) -> list[tuple[str, str]]:
@@ -61,9 +65,16 @@ def _split_diagnostics(diags: list[Diagnostic], configmaps: list[MapFileInput]) 
 
 
 def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[MapFileInput],
+                      observe: Observer | None = None,
                       ) -> tuple[NamespaceDoc | None, dict[str, VerdictRecord], Diagnostics, int]:
-    """Compile one namespace: (doc or None, verdicts, diagnostics per ConfigMap, rule count)."""
+    """Compile one namespace: (doc or None, verdicts, diagnostics per ConfigMap, rule count).
+
+    ``observe(namespace, verdicts)`` sees the verdicts with their parsed entries, so that a
+    caller with more to check on them (the sync hook's chain notes) does not parse again.
+    """
     verdicts = imagemap.resolve_namespace(maps)
+    if observe is not None:
+        observe(namespace, verdicts)
     im_layer, im_targets = imagemap.compile_accepted(verdicts)
     mf_layer, mf_targets, diags = mapfile.compile_files(_files_of(configmaps))
     accepted = {m.name: {"created": m.created, "items": m.items}
@@ -78,7 +89,7 @@ def compile_namespace(namespace: str, maps: list[MapInput], configmaps: list[Map
     return doc, flat, _split_diagnostics(diags, configmaps), layer_size(im_layer) + layer_size(mf_layer)
 
 
-def compile_cluster(configmaps: list[MapFileInput]) -> tuple[ClusterDoc, Diagnostics, int]:
+def compile_cluster(configmaps: list[MapFileInput]) -> ClusterCompiled:
     """Compile the cluster-wide map files: (doc, diagnostics, rule count)."""
     layer, targets, diags = mapfile.compile_files(_files_of(configmaps))
     doc: ClusterDoc = {"mapfiles": layer, "targets": merge_targets(targets)}

@@ -117,13 +117,17 @@ def sync_config(settings: Settings) -> dict:
     full snapshots every 30 minutes, so a run that failed cannot leave the copy wrong
     for longer.
 
+    The grouped bindings come first: shell-operator queues the Synchronization tasks in
+    binding order, and a grouped head task absorbs the ones after it, so at start one run
+    sees the map files and every ImageMap and compiles once. (With ``imagemaps`` first,
+    its Synchronization runs alone and can compile nothing without the map files, and a
+    second run reads the ImageMaps back and compiles them.)
+
     ``allowFailure``: the snapshot is written before the hook exits, so a status or
     Event write the API server refuses must not fail the run and block the queue with
     retries; the next run recomputes every write from the current state.
     """
     bindings: list[dict[str, object]] = [
-            {"name": "imagemaps", "apiVersion": "imagemapper.io/v1alpha1", "kind": "ImageMap",
-             "keepFullObjectsInMemory": False, "jqFilter": IMAGEMAP_FILTER},
             {"name": "mapfiles", "apiVersion": "v1", "kind": "ConfigMap",
              "labelSelector": {"matchLabels": {MAP_FILE_LABEL: "true"}},
              "keepFullObjectsInMemory": False, "group": SYNC_GROUP, "jqFilter": MAPFILE_FILTER},
@@ -131,17 +135,20 @@ def sync_config(settings: Settings) -> dict:
              "kind": "MutatingWebhookConfiguration",
              "nameSelector": {"matchNames": [settings.webhook_configuration]},
              "keepFullObjectsInMemory": False, "group": SYNC_GROUP, "jqFilter": WEBHOOK_FILTER},
+            {"name": "imagemaps", "apiVersion": "imagemapper.io/v1alpha1", "kind": "ImageMap",
+             "keepFullObjectsInMemory": False, "jqFilter": IMAGEMAP_FILTER},
     ]
     if settings.namespace_map_files == "disabled":
         # Only cluster-wide map files count: watch ConfigMaps in that one namespace.
-        bindings[1]["namespace"] = {"nameSelector": {"matchNames": [settings.map_namespace]}}
+        bindings[0]["namespace"] = {"nameSelector": {"matchNames": [settings.map_namespace]}}
     if settings.namespace_map_files == "opt-in":
         # Which namespaces' map files count. Only labeled namespaces, only their names:
         # a namespace that gains or loses the label comes and goes as an event.
-        bindings.append({"name": NAMESPACES, "apiVersion": "v1", "kind": "Namespace",
-                         "labelSelector": {"matchLabels": {MAP_FILES_LABEL: MAP_FILES_ENABLED}},
-                         "keepFullObjectsInMemory": False, "group": SYNC_GROUP,
-                         "jqFilter": NAMESPACE_FILTER})
+        # Grouped, so before ``imagemaps`` like the others (see above).
+        bindings.insert(len(bindings) - 1, {
+            "name": NAMESPACES, "apiVersion": "v1", "kind": "Namespace",
+            "labelSelector": {"matchLabels": {MAP_FILES_LABEL: MAP_FILES_ENABLED}},
+            "keepFullObjectsInMemory": False, "group": SYNC_GROUP, "jqFilter": NAMESPACE_FILTER})
     return {"configVersion": "v1",
             "kubernetes": [{**binding, "allowFailure": True} for binding in bindings],
             # The admission counters' one writer, in its own queue so that it never waits

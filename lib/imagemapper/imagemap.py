@@ -46,7 +46,7 @@ MESSAGE_LIMIT = 32768  # maxLength of status.conditions[].message in the CRD
 class Entry:
     """One validated ``spec.map`` entry."""
 
-    __slots__ = ("index", "key", "kind", "name", "raw_from", "raw_to", "to", "to_range")
+    __slots__ = ("from_range", "index", "key", "kind", "name", "raw_from", "raw_to", "to", "to_range")
 
     def __init__(self, index: int, kind: str, key: str, to: str | None,
                  to_range: tuple[str, str, str] | None, raw_from: str, raw_to: str | None,
@@ -59,11 +59,9 @@ class Entry:
         self.to_range = to_range  # (kind, key, name) of everything this entry can produce
         self.raw_from = raw_from
         self.raw_to = raw_to
-
-    @property
-    def from_range(self) -> tuple[str, str, str]:
-        """(kind, key, name): name is the repository an exact key belongs to."""
-        return (self.kind, self.key, self.name)
+        # (kind, key, name): name is the repository an exact key belongs to. Made once:
+        # the conflict checks ask for it several times per entry.
+        self.from_range: tuple[str, str, str] = (kind, self.key, self.name)
 
     def label(self) -> str:
         return f"spec.map[{self.index}]"
@@ -112,22 +110,22 @@ def _prefix_key(text: str, what: str) -> str:
 
 def parse_entry(index: int, item: object) -> Entry:
     """Validate one ``spec.map`` item; raise EntryError naming what is wrong."""
-    label = f"spec.map[{index}]"
     if not isinstance(item, dict):
-        raise EntryError(f"{label}: must be an object with 'from' and optional 'to'", NOT_AN_OBJECT)
+        raise EntryError(f"spec.map[{index}]: must be an object with 'from' and optional 'to'",
+                         NOT_AN_OBJECT)
     raw_from, raw_to = item.get("from"), item.get("to")
     if not isinstance(raw_from, str) or not raw_from:
-        raise EntryError(f"{label}: 'from' must be a non-empty string", FROM_MISSING)
+        raise EntryError(f"spec.map[{index}]: 'from' must be a non-empty string", FROM_MISSING)
     if raw_to is not None and not isinstance(raw_to, str):
-        raise EntryError(f"{label}: 'to' must be a string", TO_NOT_A_STRING)
+        raise EntryError(f"spec.map[{index}]: 'to' must be a string", TO_NOT_A_STRING)
     raw_to = raw_to or None
     try:
         return _build_entry(index, raw_from, raw_to)
     except InvalidReference as exc:
-        raise EntryError(f"{label} (from {raw_from!r}): {exc}{_hint(raw_from, raw_to)}",
+        raise EntryError(f"spec.map[{index}] (from {raw_from!r}): {exc}{_hint(raw_from, raw_to)}",
                          INVALID_REFERENCE, exc.code) from None
     except EntryError as exc:
-        raise EntryError(f"{label} (from {raw_from!r}): {exc}", exc.code) from None
+        raise EntryError(f"spec.map[{index}] (from {raw_from!r}): {exc}", exc.code) from None
 
 
 def _hint(raw_from: str, raw_to: str | None) -> str:
@@ -174,7 +172,8 @@ def _repo_entry(index: int, name: str, raw_from: str, raw_to: str | None) -> Ent
         raise EntryError(
             f"'to' {raw_to!r} has a tag or digest, but 'from' is a repository "
             "(its tag and digest are carried over)", KIND_MISMATCH)
-    return Entry(index, REPO, name, raw_to, (REPO, to_ref.name, to_ref.name), raw_from, raw_to)
+    to_name = to_ref.name
+    return Entry(index, REPO, name, raw_to, (REPO, to_name, to_name), raw_from, raw_to)
 
 
 # ----------------------------------------------------------------------------- ranges
@@ -203,11 +202,17 @@ class RangeIndex:
             self.repos.setdefault(key, owner)
         else:
             self.prefixes.setdefault(key, owner)
-        ancestors = name_prefixes(name)
         # Something lies strictly below every proper ancestor; a prefix also covers itself.
+        # Walked up from the name (name_prefixes' order), and it stops at the first
+        # ancestor already there: that one's own ancestors were entered with it.
         below = self.below
-        for anc in ancestors if kind == PREFIX else ancestors[1:]:
-            below.setdefault(anc, owner)
+        cut = len(name) if kind == PREFIX else name.rfind("/")
+        while cut > 0:
+            name = name[:cut]
+            if name in below:
+                break
+            below[name] = owner
+            cut = name.rfind("/")
 
     def find(self, rng: tuple[str, str, str]) -> Any:
         """Return an owner whose range intersects ``rng``, or None."""

@@ -296,6 +296,8 @@ def compile_files(files: list[tuple[str, str]]) -> tuple[MapFileLayer | None, Co
     The caller passes the files in (ConfigMap name, key) order, so imageswap's "last
     duplicate key wins" extends across ConfigMaps; line numbers stay per source.
     """
+    if not files:  # most namespaces have no map file: what the lines below give for none
+        return None, {kind: [] for kind in TARGET_KINDS}, []
     chosen, diags = chosen_lines(files)
     if not chosen:
         return None, _targets({}), diags

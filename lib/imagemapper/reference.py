@@ -303,8 +303,63 @@ def split_port(domain: str) -> tuple[str, str]:
     return host, port
 
 
+# Parsed references by input string: a cluster's rules repeat the same strings (a mirror
+# policy copied into many namespaces), and a sync compiles 100k of them. Bounded: the
+# whole table is dropped when full. A Reference is never changed after it is made, so
+# callers can share one.
+_PARSED: dict[str, Reference] = {}
+_PARSED_MAX = 2048
+# First path components already judged: True for a registry that the fast path may take
+# as it is (not Docker Hub's names, a valid host[:port]), False for anything else.
+_REGISTRIES: dict[str, bool] = {}
+_REGISTRIES_MAX = 1024
+
+
 def parse(s: str) -> Reference:
-    """Parse and normalize ``s``; raise :class:`InvalidReference` if docker would refuse it."""
+    """Parse and normalize ``s``; raise :class:`InvalidReference` if docker would refuse it.
+
+    The same answer as :func:`parse_full`, the validator, which decides every string the
+    fast path and the table of earlier answers do not.
+    """
+    if type(s) is not str:
+        return parse_full(s)
+    ref = _PARSED.get(s)
+    if ref is None:
+        ref = _fast(s) or parse_full(s)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[s] = ref
+    return ref
+
+
+def _fast(s: str) -> Reference | None:
+    """``registry/path[:tag]`` with a plain path (no ``.``/``_``, no digest), or None.
+
+    Returns only what :func:`parse_full` returns for ``s``, and None for every other
+    string, which then takes the full validator (tests/test_reference.py compares them).
+    """
+    first, slash, rest = s.partition("/")
+    if not slash:
+        return None
+    known = _REGISTRIES.get(first)
+    if known is None:
+        known = (first != DEFAULT_DOMAIN and first != LEGACY_DOMAIN and is_registry(first)
+                 and _domain_ok(first))
+        if len(_REGISTRIES) >= _REGISTRIES_MAX:
+            _REGISTRIES.clear()
+        _REGISTRIES[first] = known
+    if not known or "@" in rest:
+        return None
+    path, colon, tag = rest.partition(":")
+    if (not path or len(path) > NAME_MAX or path.strip(_PATH_CHARS) or path[0] in "/-"
+            or path[-1] in "/-" or "." in path or "_" in path or "//" in path
+            or "/-" in path or "-/" in path or (colon and not _tag_ok(tag))):
+        return None
+    return Reference(first, path, tag if colon else None, None)
+
+
+def parse_full(s: str) -> Reference:
+    """The reference grammar, every rule checked in turn; errors say which one failed."""
     if not isinstance(s, str):
         raise InvalidReference("invalid reference: expected a string, got " + type(s).__name__, NOT_A_STRING)
     if not s:

@@ -61,7 +61,8 @@ def merge_targets(*many: Mapping[str, Iterable[str]]) -> Targets:
     out = empty_targets()
     for targets in many:
         for kind, keys in targets.items():
-            out[kind].update(dict.fromkeys(keys, 1))
+            if keys:  # most are empty: a namespace without map files has four
+                out[kind].update(dict.fromkeys(keys, 1))
     return out
 
 

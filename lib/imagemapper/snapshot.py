@@ -64,6 +64,7 @@ INLINE_MAX = 64          # dicts up to this size stay inside their document
 BUCKET_SIZE = 16         # keys per bucket, on average
 MAX_FILE = 4 << 30       # a snapshot is tens of MB; anything this big is not ours
 TABLES = "\x00tables"    # document key: where the tables of this document go
+WRITE_CHUNK = 1 << 20    # the writer's new regions go to the file in writes of about this size
 
 
 class SnapshotError(Exception):
@@ -313,25 +314,30 @@ def _table_bytes(table: dict[str, Any]) -> tuple[bytes, int, frozenset[int] | No
     return head + b"".join(blobs), buckets, (frozenset(lengths) if len(lengths) <= 64 else None)
 
 
-def _extract(doc: dict, path: list, out: list) -> dict:
-    """A copy of ``doc`` with large string-keyed dicts moved into ``out`` as (path, dict)."""
-    copy: dict[str, Any] = {}
+def _extract(doc: dict, path: tuple, out: list) -> dict:
+    """``doc`` with large string-keyed dicts moved into ``out`` as (path, dict): a copy of
+    each dict on the way to one, ``doc`` itself when there is none below it."""
+    copy: dict[str, Any] | None = None
     for key, value in doc.items():
-        if isinstance(value, dict):
-            if len(value) > INLINE_MAX and all(isinstance(k, str) for k in value):
-                out.append(([*path, key], value))
-                copy[key] = None
-            else:
-                copy[key] = _extract(value, [*path, key], out)
+        if not value or not isinstance(value, dict):
+            continue
+        if len(value) > INLINE_MAX and all(isinstance(k, str) for k in value):
+            out.append(([*path, key], value))
+            new = None
         else:
-            copy[key] = value
-    return copy
+            new = _extract(value, (*path, key), out)
+            if new is value:
+                continue
+        if copy is None:
+            copy = dict(doc)
+        copy[key] = new
+    return doc if copy is None else copy
 
 
 def encode_region(doc: dict) -> tuple[bytes, int]:
     """One position-independent region: (bytes, document offset within them)."""
     found: list = []
-    top = _extract(doc, [], found)
+    top = _extract(doc, (), found)
     parts, at, refs = [], 0, []
     for path, table in found:
         blob, buckets, lengths = _table_bytes(table)
@@ -339,7 +345,7 @@ def encode_region(doc: dict) -> tuple[bytes, int]:
         parts.append(blob)
         at += len(blob)
     if refs:
-        top[TABLES] = refs
+        top = {**top, TABLES: refs}
     parts.append(marshal.dumps(top))
     return b"".join(parts), at
 
@@ -357,6 +363,8 @@ class Writer:
         _write_all(self._fd, b"\x00" * PREAMBLE)
         self.namespaces: dict[str, list] = {}
         self._pending: list = []  # [old snapshot, start, end]: regions copied in one go
+        self._buffer: list[bytes] = []  # new regions not written yet: a few large writes
+        self._buffered = 0
 
     def add(self, region: bytes | _Copy, doc_offset: int) -> list[int]:
         """Append a region: bytes, or a :class:`_Copy` of an older generation's region."""
@@ -365,15 +373,25 @@ class Writer:
             pending = self._pending
             if not (pending and pending[0] is region.snap and pending[2] == start):
                 self._flush()
+                self._drain()  # in file order: what is buffered goes before the copy
                 self._pending = pending = [region.snap, start, start]
             pending[2] = start + length
         else:
             self._flush()
-            _write_all(self._fd, region)
             length = len(region)
+            self._buffer.append(region)
+            self._buffered += length
+            if self._buffered >= WRITE_CHUNK:
+                self._drain()
         ref = [self._at, length, doc_offset]
         self._at += length
         return ref
+
+    def _drain(self) -> None:
+        """Write the buffered regions (the pending copy is empty whenever they are not)."""
+        if self._buffer:
+            _write_all(self._fd, b"".join(self._buffer))
+            self._buffer, self._buffered = [], 0
 
     def _flush(self) -> None:
         """Copy the pending run of unchanged regions, in the kernel where it can."""
@@ -406,6 +424,7 @@ class Writer:
                                         "namespaces": self.namespaces}))
         preamble = MAGIC + b"".join(x.to_bytes(8, "little") for x in head)
         self._flush()
+        self._drain()
         posix.pwrite(self._fd, preamble, 0)
         posix.close(self._fd)
         self._fd = -1
@@ -424,9 +443,14 @@ class _Copy:
     __slots__ = ("ref", "snap")
 
     def __init__(self, snap: Snapshot, ref: list):
-        if not (isinstance(ref, list) and len(ref) == 3 and all(isinstance(x, int) and x >= 0 for x in ref)):
+        if not (isinstance(ref, list) and len(ref) == 3 and _offset(ref[0]) and _offset(ref[1])
+                and _offset(ref[2])):
             raise SnapshotError(f"corrupt snapshot file {snap.path}: bad region reference")
         self.snap, self.ref = snap, ref
+
+
+def _offset(x: object) -> bool:
+    return isinstance(x, int) and x >= 0
 
 
 def copy_region(snap: Snapshot, ref: list[int]) -> tuple[_Copy, int]:

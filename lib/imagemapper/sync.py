@@ -33,6 +33,8 @@ from imagemapper.settings import Settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from imagemapper.compiler import ClusterCompiled
+    from imagemapper.imagemap import Verdict
     from imagemapper.shapes import VerdictRecord
 
 API_VERSION = "imagemapper.io/v1alpha1"
@@ -122,16 +124,17 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
                 and (settings.namespace_map_files != "disabled" or m.namespace == settings.map_namespace)]
     gate, labels = _TargetGate(settings), _LabelGate(settings, state.labeled)
     mapfiles = [m for m, _ in cm_items if labels.counts(m) and gate.mapfile(m)]
+    chains = _ChainNotes(mapfiles, settings.map_namespace)
     result = builder.build(settings.state_dir, [m[0] for m in maps if gate.imagemap(m[0])], mapfiles,
                             settings.map_namespace, changed=changed,
-                            inputs_of=lambda ns: [m[0] for m in _imagemaps(state, [ns]) if gate.imagemap(m[0])])
+                            inputs_of=lambda ns: [m[0] for m in _imagemaps(state, [ns]) if gate.imagemap(m[0])],
+                            observe=chains.observe, cluster=chains.cluster)
     if result.cluster_changed and changed is not None:  # its targets may shadow any ImageMap entry
         maps = _imagemaps(state, state.all_namespaces())
     state.save(built=True)
     gate.report(result)
     labels.report(result)
     out.result = result
-    chains = _ChainNotes(maps, mapfiles, settings.map_namespace)
     for imap, status, uid, deleting in maps:
         verdict = result.verdicts.get((imap.namespace, imap.name))
         if verdict and not deleting:  # no status or Events for what is going away
@@ -157,18 +160,42 @@ class _ChainNotes:
 
     LIMIT = 4000  # characters of notes in one message
 
-    def __init__(self, maps: list, mapfiles: list, map_namespace: str) -> None:
-        self.targets: dict | None = None
-        if maps:
-            cluster = [cm for cm in mapfiles if cm.namespace == map_namespace]
-            self.targets = compiler.compile_cluster(cluster)[0]["targets"] if cluster else None
+    def __init__(self, mapfiles: list, map_namespace: str) -> None:
+        self.cms = [cm for cm in mapfiles if cm.namespace == map_namespace]
+        self.compiled: ClusterCompiled | None = None
+        self.found: dict[tuple[str, str], list[str]] = {}  # from the compile's own entries
+        self.memo: dict = {}  # chains.shadowed's, for these targets
+
+    def cluster(self) -> ClusterCompiled:
+        """``compiler.compile_cluster`` of the cluster map files, once per run (the builder
+        asks for it too)."""
+        if self.compiled is None:
+            self.compiled = compiler.compile_cluster(self.cms)
+        return self.compiled
+
+    @property
+    def targets(self) -> dict | None:
+        return self.cluster()[0]["targets"] if self.cms else None
+
+    def observe(self, namespace: str, verdicts: dict[str, Verdict]) -> None:
+        """Note the accepted maps of a namespace being compiled, from its parsed entries."""
+        targets = self.targets
+        if not targets:
+            return
+        from imagemapper.chains import shadowed
+
+        for name, verdict in verdicts.items():
+            if verdict.ready:
+                self.found[(namespace, name)] = shadowed(verdict.entries, targets, self.memo)
 
     def noted(self, imap: MapInput, verdict: VerdictRecord) -> VerdictRecord:
         if verdict["reason"] != "Accepted" or not self.targets:
             return verdict
-        from imagemapper.chains import cross_layer
+        notes = self.found.get((imap.namespace, imap.name))
+        if notes is None:  # carried over from the last build: parse its entries here
+            from imagemapper.chains import cross_layer
 
-        notes = cross_layer(imap.items, self.targets)
+            notes = cross_layer(imap.items, self.targets, self.memo)
         if not notes:
             return verdict
         text = "; ".join(notes)
