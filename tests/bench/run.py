@@ -169,15 +169,17 @@ def paired(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
-def timed_rss(argv: list[str], env: dict) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one child process, measured by a fresh wrapper."""
+def timed_rss(argv: list[str], env: dict) -> tuple[float, int, float]:
+    """Wall time, peak RSS (KiB) and CPU seconds (user + system) of one child process,
+    measured by a fresh wrapper."""
     code = ("import resource,subprocess,sys,time;t=time.perf_counter();"
             "subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,check=True);"
-            "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+            "print(time.perf_counter()-t, u.ru_maxrss, u.ru_utime+u.ru_stime)")
     out = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(HOOK))
-    seconds, rss = out.stdout.split()
-    return float(seconds), int(rss)
+    seconds, rss, cpu = out.stdout.split()
+    return float(seconds), int(rss), float(cpu)
 
 
 def import_profile(python: str, env: dict, top: int = 6, hook: str = HOOK) -> list[tuple[str, int]]:
@@ -308,10 +310,20 @@ def old_group_context_bytes(maps: list[MapInput], cms: list[MapFileInput], path:
 
 
 def sync_contexts(maps: list[MapInput], cms: list[MapFileInput], work: str) -> dict[str, str]:
-    """The binding contexts shell-operator hands the sync hook now, as files."""
-    paths = {name: os.path.join(work, f"sync-{name}.json") for name in ("imagemaps", "group", "resync", "event")}
-    write_json(paths["imagemaps"], [{"binding": "imagemaps", "type": "Synchronization",
-                                     "objects": [{"filterResult": _imagemap_found(m)} for m in maps]}])
+    """The binding contexts shell-operator hands the sync hook now, as files.
+
+    ``start``: the grouped bindings come first in the configuration, so at start the
+    map-file group's Synchronization absorbs the ImageMaps' (one run; see
+    tests/test_hooks.py::test_start_is_one_run_that_sees_every_kind_and_compiles_once).
+    ``imagemaps`` then ``group``: the two runs the previous binding order gave.
+    """
+    names = ("start", "imagemaps", "group", "resync", "event")
+    paths = {name: os.path.join(work, f"sync-{name}.json") for name in names}
+    objects = [{"filterResult": _imagemap_found(m)} for m in maps]
+    group = {"binding": "webhook", "type": "Group", "groupName": "sync",
+             "snapshots": {"mapfiles": _cm_items(cms), "webhook": []}}
+    write_json(paths["start"], [group, {"binding": "imagemaps", "type": "Synchronization", "objects": objects}])
+    write_json(paths["imagemaps"], [{"binding": "imagemaps", "type": "Synchronization", "objects": objects}])
     write_json(paths["group"], [{"binding": "mapfiles", "type": "Group", "groupName": "sync",
                                  "snapshots": {"mapfiles": _cm_items(cms), "webhook": []}}])
     write_json(paths["resync"], [{"binding": "resync", "type": "Schedule", "snapshots": {
@@ -338,7 +350,15 @@ def sync_before(tree: str, maps: list[MapInput], cms: list[MapFileInput], work: 
     return out
 
 
-def run_sync(env: dict, context: str, hook: str = SYNC) -> tuple[float, int]:
+SYNC_ROUNDS = 3  # sync hook figures: median of this many rounds, each from an empty state dir
+
+
+def _medians(samples: list[tuple]) -> list:
+    """Each field's median over the rounds (wall seconds, peak RSS KiB, CPU seconds)."""
+    return [statistics.median(column) for column in zip(*samples)]
+
+
+def run_sync(env: dict, context: str, hook: str = SYNC) -> tuple[float, int, float]:
     env = dict(env, BINDING_CONTEXT_PATH=context)
     for key in ("METRICS_PATH", "KUBERNETES_PATCH_PATH"):
         open(env[key], "w").close()
@@ -445,23 +465,37 @@ def measure(quick: bool) -> dict:
     fig["compile_incremental_s"] = time.perf_counter() - start
     fig["incremental_recompiled"] = len(result.recompiled)
 
-    # Goal 4: the sync hook as processes, with the binding contexts shell-operator hands over.
-    sync_state = tempfile.mkdtemp(prefix="im-bench-sync-", dir=MEMORY)
-    temps.append(sync_state)
-    env = dict(env_mid, IMAGE_MAPPER_STATE_DIR=sync_state)
+    # Goal 4: the sync hook as processes, with the binding contexts shell-operator hands over,
+    # SYNC_ROUNDS rounds from an empty state dir each, this code and the "before" one in turn.
     fig["sync_old_context_bytes"] = old_group_context_bytes(maps, cms, os.path.join(work, "old.json"))
     paths = sync_contexts(maps, cms, work)
     fig["sync_bytes"] = {k: os.path.getsize(v) for k, v in paths.items()}
-    fig["sync"] = {"imagemaps": run_sync(env, paths["imagemaps"]), "group": run_sync(env, paths["group"]),
-                   "event": run_sync(env, paths["event"]), "resync": run_sync(env, paths["resync"])}
+    runs: dict[str, list] = {}
+    for _ in range(SYNC_ROUNDS):
+        sync_state = tempfile.mkdtemp(prefix="im-bench-sync-", dir=MEMORY)
+        env = dict(env_mid, IMAGE_MAPPER_STATE_DIR=sync_state)
+        for name in ("start", "event", "resync"):
+            runs.setdefault(name, []).append(run_sync(env, paths[name]))
+        shutil.rmtree(sync_state, ignore_errors=True)
+        sync_state = tempfile.mkdtemp(prefix="im-bench-sync-", dir=MEMORY)
+        env = dict(env_mid, IMAGE_MAPPER_STATE_DIR=sync_state)
+        for name in ("imagemaps", "group"):  # the previous binding order: two runs at start
+            runs.setdefault(name, []).append(run_sync(env, paths[name]))
+        shutil.rmtree(sync_state, ignore_errors=True)
+        if tree:
+            for name, value in sync_before(tree, maps, cms, work, env_mid).items():
+                runs.setdefault("before_" + name, []).append(value)
+    fig["sync_rounds"] = SYNC_ROUNDS
+    fig["sync"] = {name: _medians(values) for name, values in runs.items() if not name.startswith("before_")}
+    if tree:
+        fig["sync_before"] = {name[len("before_"):]: _medians(values) for name, values in runs.items()
+                              if name.startswith("before_")}
     fig["imports"] = import_profile(python, env_mid)
     fig["imports_plain"] = import_profile(python, env_plain)
     fig["profile"] = cpu_profile(env_mid)
     if base:
         fig["imports_base"] = import_profile(python, env_base, hook=base_hook)
         fig["profile_base"] = cpu_profile(env_base, hook=base_hook)
-    if tree:
-        fig["sync_before"] = sync_before(tree, maps, cms, work, env_mid)
     for path in [*temps, state_mid]:
         shutil.rmtree(path, ignore_errors=True)
     return fig
@@ -498,20 +532,22 @@ def table(fig: dict) -> str:
         rows.append((f"hook, {labels[name]} (goal <= 1.1x)", f"{big:.1f} ms / {small:.1f} ms",
                      f"**{ratio:.2f}x** ({big_b / 1e6:.1f} MB / {small_b / 1e3:.0f} kB file)"))
     sync, size = fig["sync"], fig["sync_bytes"]
-    start_s = sync["imagemaps"][0] + sync["group"][0]
+    start, two = _start(fig), sync["imagemaps"][0] + sync["group"][0]
     rows += [
         ("load one namespace + rewrite 3 images, 100k-rule / 10-rule snapshot (in process)",
          f"{fig['load3_big_us']:.0f} us / {fig['load3_small_us']:.0f} us", f"**{fig['load3_ratio']:.2f}x**"),
         ("compile 10k ImageMaps x 10 + 5k-line map file, full (in process)", f"{fig['compile_full_s']:.2f} s", ""),
         ("same, after one ImageMap changed (in process)", f"{fig['compile_incremental_s']:.2f} s",
          f"{fig['incremental_recompiled']} namespace recompiled"),
-        ("sync hook processes at start: ImageMaps Synchronization + map-file group run (goal <= 2 s)",
-         f"{start_s:.2f} s", f"{sync['imagemaps'][0]:.2f} + {sync['group'][0]:.2f} s; contexts "
+        ("sync hook process at start: one run, the map files and every ImageMap (goal <= 2 s)",
+         f"**{start[0]:.2f} s**", f"CPU {start[2]:.2f} s; context {size.get('start', 0) / 1e6:.1f} MB"),
+        ("same state, the previous binding order: ImageMaps Synchronization, then the map-file group run",
+         f"{two:.2f} s", f"{sync['imagemaps'][0]:.2f} + {sync['group'][0]:.2f} s; contexts "
          f"{size['imagemaps'] / 1e6:.1f} + {size['group'] / 1e6:.1f} MB"),
         ("sync hook process, `resync` schedule (every snapshot in one context)", f"{sync['resync'][0]:.2f} s",
          f"context {size['resync'] / 1e6:.1f} MB"),
         ("sync hook process, one ImageMap changed (goal <= 0.3 s)", f"**{sync['event'][0]:.2f} s**",
-         f"context {size['event'] / 1e3:.1f} kB"),
+         f"CPU {_cpu(sync['event']):.2f} s; context {size['event'] / 1e3:.1f} kB"),
     ]
     if "sync_before" in fig:
         before = fig["sync_before"]
@@ -524,7 +560,7 @@ def table(fig: dict) -> str:
          f"+ accepted ImageMaps and index {fig['other_bytes'] / 1e6:.1f} MB"),
         ("peak RSS, mutate hook (100k-line cluster map)", f"{fig['mutate_rss_kib'] / 1024:.1f} MiB", ""),
         ("peak RSS, sync hook: start / resync / one change", " / ".join(
-            f"{sync[k][1] / 1024:.0f}" for k in ("group", "resync", "event")) + " MiB", ""),
+            f"{v[1] / 1024:.0f}" for v in (start, sync["resync"], sync["event"])) + " MiB", ""),
     ]
     out = ["| figure | measured | ratio / note |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
@@ -584,6 +620,30 @@ def _kept_e2e(path: str) -> str:
     return ""
 
 
+def _start(fig: dict) -> list:
+    """The start-up rebuild: one run; a cached figures file from before has two."""
+    sync = fig["sync"]
+    if "start" in sync:
+        return sync["start"]
+    return [sync["imagemaps"][0] + sync["group"][0], sync["group"][1], 0.0]
+
+
+def _cpu(sample: list) -> float:
+    return sample[2] if len(sample) > 2 else 0.0
+
+
+def sync_missed(fig: dict) -> str:
+    """Goal 4's entry under "Goals missed", when it is."""
+    start, event = _start(fig)[0], fig["sync"]["event"][0]
+    if start <= 2.0 and event <= 0.3:
+        return ""
+    return (f"* **Goal 4 (start-up rebuild <= 2 s, one change <= 0.3 s): {start:.2f} s / {event:.2f} s in "
+            "this run.** A full build compiles 100k ImageMap entries; the compile "
+            "(`imagemap.resolve_namespace`, `reference.parse`) is most of it and moves with the "
+            "machine's load (the CPU column is steadier than wall time). See the Scale-up section "
+            "for what was done; compare with the \"before\" row taken in the same run.\n")
+
+
 def scale_note(fig: dict) -> str:
     """Capacity from the figures; the end-to-end section above gives it with shell-operator counted."""
     sync = fig["sync"]
@@ -592,11 +652,22 @@ def scale_note(fig: dict) -> str:
 * **Thousands of namespaces and rules.** Admission cost does not depend on the number of
   rules: the three flat ratios above stay within noise of 1.0 at 100k cluster map-file lines,
   10k entries in the Pod's namespace and 100k rules elsewhere. A start-up rebuild of 10k
-  ImageMaps x 10 entries takes {sync['imagemaps'][0] + sync['group'][0]:.1f} s in the sync hook, and a
+  ImageMaps x 10 entries takes {_start(fig)[0]:.1f} s in the sync hook, and a
   change to one ImageMap {sync['event'][0]:.2f} s: shell-operator hands over that one
   ImageMap, and the hook copies every unchanged namespace's bytes from the previous
   snapshot (`copy_file_range`). The `resync` schedule, which hands over everything every
   30 minutes, takes {sync['resync'][0]:.1f} s.
+* **The start-up rebuild (goal 4).** One run at start instead of two: the grouped
+  bindings come first in the sync hook's configuration, so shell-operator's map-file
+  Synchronization absorbs the ImageMaps' and the hook compiles once, straight from the
+  binding context (before, the ImageMaps' run wrote them down and compiled nothing, and
+  the map-file run read them back and compiled everything). The Ready message's chain
+  notes reuse the compile's parsed entries instead of parsing every entry a second time;
+  `reference.parse` keeps its answers per string (bounded) and decides plain
+  `registry/path[:tag]` strings on a fast path, the full validator deciding the rest
+  (property tests compare the two); the cluster map files are compiled once per run. The
+  snapshot is semantically identical to the previous code's, region by region, on the
+  bench's inputs and on a varied corpus (conflicts, chains, shadowed and invalid entries).
 * **Snapshot size.** {fig['snapshot_bytes'] / 1e6:.0f} MB for 100k rules plus a 5k-line map, in an
   emptyDir; the accepted ImageMaps, the sync hook's own copy of the ImageMaps and its index
   add {fig['other_bytes'] / 1e6:.0f} MB. The sync hook peaks at {sync['resync'][1] / 1024:.0f} MiB at that size,
@@ -623,9 +694,10 @@ def goals(fig: dict) -> str:
         "3. **End to end**: see the end-to-end section (mutate.py against a fixed-answer Python hook "
         "in the same shell-operator).",
         "4. **Sync**: start-up rebuild of 10k ImageMaps x 10 entries "
-        f"**{sync['imagemaps'][0] + sync['group'][0]:.2f} s** "
+        f"**{_start(fig)[0]:.2f} s** "
         f"(<= 2 s), one ImageMap changed **{sync['event'][0]:.2f} s** (<= 0.3 s), peak RSS "
-        f"{sync['group'][1] / 1024:.0f} / {sync['event'][1] / 1024:.0f} MiB"
+        f"{_start(fig)[1] / 1024:.0f} / {sync['event'][1] / 1024:.0f} MiB "
+        f"(medians of {fig.get('sync_rounds', 1)} runs)"
         + (f"; before this work, same run: {before['full'][0]:.2f} s and {before['event'][0]:.2f} s, "
            f"{before['full'][1] / 1024:.0f} / {before['event'][1] / 1024:.0f} MiB" if before else "") + ".",
         "5. **Scale out**: capacity per core with shell-operator counted, and the API server's "
@@ -691,7 +763,7 @@ def render(fig: dict, e2e_section: str) -> str:
 
 Absolute times on this machine move with the load of other work (it is shared); the
 ratios compare runs taken in turn and are what the goals are about. The seconds of goal
-4 are single runs: read them next to the "before" figures taken in the same run.
+4 are medians of a few runs: read them next to the "before" figures taken in the same run.
 
 ## How to reproduce
 
@@ -716,7 +788,9 @@ Method, in short:
   as the image does; the row without it imports them one by one;
 * the snapshot, the counters and the hook's input and output files are on tmpfs, as the
   Deployment's memory-backed emptyDirs have them;
-* compile and sync figures are single runs of the whole build.
+* compile figures are single runs of the whole build; sync hook figures are the median
+  of {fig.get('sync_rounds', 1)} runs of the process as shell-operator starts it (wall time; CPU is user +
+  system), each round from an empty state dir, this code and the "before" one in turn.
 
 ## Figures
 
@@ -750,12 +824,7 @@ and the counters moved after the answer, one small file per series.
   settings, the memory-backed temp dir and state are what the figures support; LOG_LEVEL
   changes little in CPU per Pod and the rewrite log lines are a documented feature, so
   it stays `info`.
-* **Goal 4 (start-up rebuild <= 2 s).** A full build compiles 100k ImageMap entries;
-  that compile (`imagemap.resolve_namespace`, `reference.parse`) is most of it, and it
-  moves with the machine's load: 1.7 s in process on a quieter run, more under load, and
-  the previous code took longer in the same runs (the "before" row). The one-change run
-  meets its goal because only the changed namespace is compiled.
-
+{sync_missed(fig)}
 {scale_note(fig)}"""
 
 
