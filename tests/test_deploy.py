@@ -467,6 +467,7 @@ EXPECTED_ENV = {
     "SHELL_OPERATOR_LISTEN_PORT": "9115",
     "SHELL_OPERATOR_TMP_DIR": "/tmp/shell-operator",
     "DEBUG_UNIX_SOCKET": "/tmp/shell-operator/debug.socket",
+    "LOG_LEVEL": "info",
     "LOG_TYPE": "json",
     "LOG_PROXY_HOOK_JSON": "true",
     "PYTHONPATH": "/opt/image-mapper/lib",
