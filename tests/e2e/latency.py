@@ -813,10 +813,11 @@ Reproduce with `make bench-long` (`tests/e2e/latency.py`).
 {note}
 * **ours**: image-mapper's mutate hook. **fixed**: a Python hook in the same shell-operator
   (`tests/e2e/latencyhooks/fixed.py`, `python3 -S`, only the built-in `posix`) that reads its
-  binding context and writes mutate.py's answer for this Pod as a constant: the same patch,
-  so shell-operator and the API server do the same work for both (the run checks that both
-  store the same Pod). **fixed-allow** (concurrency {top} only): that hook reading nothing
-  and answering "allowed", as earlier versions of this page measured. **excluded**: no
+  binding context, writes mutate.py's answer for this Pod as a constant (the same patch, so
+  shell-operator and the API server do the same work for both; the run checks that both
+  store the same Pod) and exits as mutate.py does, without the interpreter's teardown.
+  **fixed-allow** (concurrency {top} only): that hook reading nothing, answering "allowed"
+  and exiting through the teardown, as earlier versions of this page measured. **excluded**: no
   webhook at all. **baseline**: a plain in-process Python webhook
   (`tests/e2e/baseline_webhook.py`) that answers allowed; **in-process**: the same server
   running image-mapper's own `admission.mutate` on the replica's snapshot, i.e. our logic

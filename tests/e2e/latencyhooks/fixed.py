@@ -8,10 +8,12 @@ twice, and the name it runs under picks the answer:
 * ``fixed.py``: reads the whole binding context (as any hook must) and writes the very
   answer mutate.py gives the latency Pod: the same JSON Patch (two images replaced, the
   original-images annotation added), so shell-operator decodes and logs, and the API
-  server applies and stores, exactly what they do for mutate.py. What differs from
-  mutate.py is then only what mutate.py does in its process, plus its rewrite log lines.
-* ``fixed-allow.py``: reads nothing and writes ``{"allowed":true}`` (the hook measured by
-  earlier versions of the bench).
+  server applies and stores, exactly what they do for mutate.py. It ends as mutate.py
+  does, without the interpreter's teardown (``posix._exit``, see protocol.exit_now). What
+  differs from mutate.py is then only what mutate.py does in its process, plus its
+  rewrite log lines.
+* ``fixed-allow.py``: reads nothing, writes ``{"allowed":true}`` and exits through the
+  teardown (the hook measured by earlier versions of the bench).
 
 latency.py runs them next to image-mapper's hooks in the same shell-operator, so they
 see the same settings and the same load, and checks that the stored Pods match.
@@ -45,3 +47,5 @@ else:
     fd = posix.open(posix.environ[b"ADMISSION_RESPONSE_PATH"], posix.O_WRONLY | posix.O_CREAT, 0o644)
     posix.write(fd, b'{"allowed":true}\n' if ALLOW else b'{"allowed":true,"patch":"' + PATCH + b'"}\n')
     posix.close(fd)
+    if not ALLOW:
+        posix._exit(0)
