@@ -797,6 +797,7 @@ def latency_table(result: dict[str, Any]) -> str:
     bound = result.get("deadline_s", DEADLINE_S)
     ratio = g["throughput"]
     summaries = "".join(f"<!-- goal{n}: {text} -->\n" for n, text in goal_summaries(result).items())
+    summaries += f"<!-- goal3-met: {'yes' if g['throughput'] >= 0.9 and g['p99'] <= 1.2 else 'no'} -->\n"
     return f"""{summaries}## End to end (kube-apiserver + shell-operator + hooks)
 
 One run, one control plane: etcd and kube-apiserver ({machine_info['kube-apiserver']}),
