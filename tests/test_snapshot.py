@@ -246,3 +246,20 @@ print(mixed, seen)
     mixed, seen = map(int, out.split())
     assert seen == 3000 and mixed == 0 and n > 10
     assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]
+
+
+def test_carried_cluster_targets_are_the_compiled_ones_for_the_same_files_only(tmp_path):
+    """A sync run that changes no cluster map file reads their targets back (no compile)."""
+    state = str(tmp_path)
+    maps, cms = big_sample(3000)
+    cluster = [cm for cm in cms if cm.namespace == OPNS]
+    assert builder.carried_cluster_targets(state, cluster) is None, "no snapshot yet"
+    builder.build(state, maps, cms, OPNS)
+    got = builder.carried_cluster_targets(state, cluster)
+    want = compiler.compile_cluster(cluster)[0]["targets"]
+    assert got == want and sum(len(v) for v in want.values()) > snapshot.INLINE_MAX
+    changed = [MapFileInput(OPNS, cm.name, cm.uid, {"maps": cm.data["maps"] + "gcr.io::x.corp\n"})
+               for cm in cluster]
+    assert builder.carried_cluster_targets(state, changed) is None, "other files: compile them"
+    (tmp_path / snapshot.FILE).write_bytes(b"garbage")
+    assert builder.carried_cluster_targets(state, cluster) is None

@@ -246,6 +246,29 @@ class _Shadows:
             result.diagnostics[key] = [*result.diagnostics.get(key, []), *diags]
 
 
+def carried_cluster_targets(state_dir: str, cms: list[MapFileInput]) -> dict | None:
+    """The targets of the cluster map files as the current snapshot holds them, when it was
+    compiled from exactly ``cms`` (its cluster region records their hash); else None.
+
+    A run that changes no cluster map file reads them here instead of compiling the files
+    again (the sync hook's chain notes need them).
+    """
+    try:
+        snap = snapshot.open_snapshot(state_dir)
+    except snapshot.SnapshotError:
+        return None
+    try:
+        doc = snap.cluster()
+        if doc.get("generation") != _digest(sorted([c.name, c.data] for c in cms)):
+            return None
+        found = snapshot.materialize(doc["targets"])
+        return found if isinstance(found, dict) and all(isinstance(v, dict) for v in found.values()) else None
+    except (snapshot.SnapshotError, KeyError, TypeError, AttributeError):
+        return None
+    finally:
+        snap.close()
+
+
 def _once(make: Callable[[], T]) -> Callable[[], T]:
     """``make()``, called the first time only."""
     done: list[T] = []

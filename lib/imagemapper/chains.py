@@ -173,9 +173,10 @@ def shadowed(entries: list[Entry], cluster_targets: dict | Targets | None,
         shadow = memo.get((kind, key))
         if shadow is None:
             shadow = memo[(kind, key)] = _entry_shadow(kind, key, found)
-        note = _note(f"{entry.label()} ({entry.raw_from})", *shadow)
-        if note:
-            out.append(note)
+        if shadow[0] or shadow[1]:  # else _note has nothing to say: no words made
+            note = _note(f"{entry.label()} ({entry.raw_from})", *shadow)
+            if note:
+                out.append(note)
     return out
 
 

@@ -45,8 +45,10 @@ def layer_size(layer: ImageMapLayer | MapFileLayer | None) -> int:
     if not layer:
         return 0
     found: dict[str, Any] = dict(layer)  # the top level only: a few keys
-    tables = sum(len(found.get(k) or ()) for k in ("exact", "repo", "prefix", "replace", "keys"))
-    return tables + sum(1 for k in ("default", "noswap") if k in found)
+    get = found.get
+    return (len(get("exact") or ()) + len(get("repo") or ()) + len(get("prefix") or ())
+            + len(get("replace") or ()) + len(get("keys") or ())
+            + ("default" in found) + ("noswap" in found))
 
 
 def diag_dict(diag: Diagnostic) -> DiagnosticRecord:

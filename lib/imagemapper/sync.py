@@ -124,7 +124,7 @@ def run(contexts: list, settings: Settings, now: str | None = None) -> Output:
                 and (settings.namespace_map_files != "disabled" or m.namespace == settings.map_namespace)]
     gate, labels = _TargetGate(settings), _LabelGate(settings, state.labeled)
     mapfiles = [m for m, _ in cm_items if labels.counts(m) and gate.mapfile(m)]
-    chains = _ChainNotes(mapfiles, settings.map_namespace)
+    chains = _ChainNotes(mapfiles, settings.map_namespace, settings.state_dir)
     result = builder.build(settings.state_dir, [m[0] for m in maps if gate.imagemap(m[0])], mapfiles,
                             settings.map_namespace, changed=changed,
                             inputs_of=lambda ns: [m[0] for m in _imagemaps(state, [ns]) if gate.imagemap(m[0])],
@@ -160,9 +160,11 @@ class _ChainNotes:
 
     LIMIT = 4000  # characters of notes in one message
 
-    def __init__(self, mapfiles: list, map_namespace: str) -> None:
+    def __init__(self, mapfiles: list, map_namespace: str, state_dir: str) -> None:
         self.cms = [cm for cm in mapfiles if cm.namespace == map_namespace]
+        self.state_dir = state_dir
         self.compiled: ClusterCompiled | None = None
+        self.carried: dict | None = None  # the same targets, read from the last snapshot
         self.found: dict[tuple[str, str], list[str]] = {}  # from the compile's own entries
         self.memo: dict = {}  # chains.shadowed's, for these targets
 
@@ -175,7 +177,13 @@ class _ChainNotes:
 
     @property
     def targets(self) -> dict | None:
-        return self.cluster()[0]["targets"] if self.cms else None
+        if not self.cms:
+            return None
+        if self.compiled is None and self.carried is None:  # unchanged files: no compile
+            self.carried = builder.carried_cluster_targets(self.state_dir, self.cms)
+        if self.compiled is None and self.carried is not None:
+            return self.carried
+        return self.cluster()[0]["targets"]
 
     def observe(self, namespace: str, verdicts: dict[str, Verdict]) -> None:
         """Note the accepted maps of a namespace being compiled, from its parsed entries."""
@@ -308,8 +316,10 @@ def _status_and_event(out: Output, imap: MapInput, current: dict, uid: str,
 
 
 def _ready(status: dict) -> dict:
-    return next((c for c in status.get("conditions") or []
-                 if isinstance(c, dict) and c.get("type") == "Ready"), {})
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, dict) and condition.get("type") == "Ready":
+            return condition
+    return {}
 
 
 def _same_status(current: dict, want: dict) -> bool:

@@ -6,7 +6,9 @@
   Events carry one reason per cause;
 * IMAGE_MAPPER_EXCLUDE_NAMESPACES keeps the API server from calling the webhook;
 * shell-operator prints the hooks' log fields with a `hook_` prefix, and serves HELP
-  lines that repeat the metric name (what docs/operations.md says).
+  lines that repeat the metric name (what docs/operations.md says);
+* at start, one sync run gets the map files and every ImageMap and compiles (the grouped
+  bindings come first; see hookconfig.sync_config).
 """
 
 from __future__ import annotations
@@ -170,3 +172,16 @@ def test_shell_operator_prefixes_log_fields_and_help_is_the_name(installation: I
         text = response.read().decode()
     assert "# HELP image_mapper_rules image_mapper_rules\n" in text
     assert 'image_mapper_rules{hook="sync.py",scope="namespace"}' in text
+
+
+def test_start_up_is_one_sync_run_that_compiles(installation: Installation) -> None:
+    """shell-operator queues the Synchronization tasks in binding order, and the grouped
+    head task absorbs the ImageMaps' one: no run waits for the other kind."""
+    operator = installation.replicas[0].operator
+    operator.wait_log(lambda r: r.get("msg") == "snapshot compiled" and r.get("hook") == "sync.py")
+    records = [r for r in operator.log_records() if r.get("hook") == "sync.py"]
+    assert not [r for r in records if str(r.get("msg", "")).startswith("waiting for the first synchronization")]
+    first = next(i for i, r in enumerate(records) if r.get("msg") == "Execute hook")
+    done = next(i for i, r in enumerate(records) if r.get("msg") == "snapshot compiled")
+    assert not [r for r in records[first + 1:done] if r.get("msg") == "Execute hook"], \
+        "the first sync run compiled the snapshot"
