@@ -420,8 +420,13 @@ def test_cluster_role_binding() -> None:
 
 def test_certgen_role_and_binding() -> None:
     assert rules_set(get("Role", "image-mapper-certgen")["rules"]) == {
-        ("", "secrets", "create", None),
-        ("", "secrets", "get", "image-mapper-tls"),
+        ("", "secrets", "create", None),  # no get: the Job never reads the private key
+        ("", "serviceaccounts", "get", "image-mapper-certgen"),  # its removal, by name only
+        ("", "serviceaccounts", "delete", "image-mapper-certgen"),
+        ("rbac.authorization.k8s.io", "roles", "patch", "image-mapper-certgen"),
+        ("rbac.authorization.k8s.io", "rolebindings", "patch", "image-mapper-certgen"),
+        ("rbac.authorization.k8s.io", "roles", "get", "image-mapper-certgen"),  # kubectl patch reads first
+        ("rbac.authorization.k8s.io", "rolebindings", "get", "image-mapper-certgen"),
     }
     rb = get("RoleBinding", "image-mapper-certgen")
     assert rb["roleRef"]["kind"] == "Role"
@@ -443,6 +448,7 @@ def test_certgen_job() -> None:
     assert env["NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["SERVICE_NAME"] == "image-mapper-webhook"
     assert env["SECRET_NAME"] == "image-mapper-tls"
+    assert env["REMOVE_RBAC"] == spec["serviceAccountName"]  # removes what it runs as
     assert spec["restartPolicy"] in ("Never", "OnFailure")
 
 
@@ -683,7 +689,7 @@ def test_names_shared_between_objects_agree() -> None:
     job_env = env_of(job()["spec"]["template"]["spec"]["containers"][0])
     assert job_env["SERVICE_NAME"] == svc["metadata"]["name"]
     role = get("Role", "image-mapper-certgen")
-    assert [job_env["SECRET_NAME"]] in [r.get("resourceNames") for r in role["rules"]]
+    assert {n for r in role["rules"] for n in r.get("resourceNames", [])} == {job_env["REMOVE_RBAC"]}
     vols = deployment()["spec"]["template"]["spec"]["volumes"]
     assert job_env["SECRET_NAME"] in [v.get("secret", {}).get("secretName") for v in vols]
 
@@ -886,15 +892,18 @@ FAKE_KUBECTL = """#!/bin/sh
 state=$FAKE_STATE
 echo "$*" >>"$state/calls"
 case $* in
-    *" get secret "*)
-        [ -f "$state/forbidden" ] && { echo 'Error from server (Forbidden)' >&2; exit 1; }
-        [ -f "$state/exists" ] && echo "secret/$5"
-        exit 0 ;;
     "create -f "*)
-        [ -f "$state/race" ] && {
+        [ -f "$state/forbidden" ] && { echo 'Error from server (Forbidden): secrets is forbidden' >&2; exit 1; }
+        [ -f "$state/exists" ] && {
             echo 'Error from server (AlreadyExists): secrets "x" already exists' >&2
             exit 1; }
         cp "$3" "$state/created.yaml"
+        exit 0 ;;
+    *" get serviceaccount "*)
+        [ -f "$state/rbac-forbidden" ] && { echo 'Error from server (Forbidden)' >&2; exit 1; }
+        printf 'uid-of-sa'
+        exit 0 ;;
+    *" patch role "* | *" patch rolebinding "* | *" delete serviceaccount "*)
         exit 0 ;;
 esac
 echo "unexpected kubectl call: $*" >&2
@@ -914,9 +923,13 @@ def fake_cluster(tmp_path: Path) -> Path:
     return state
 
 
-def run_in_cluster(state: Path) -> subprocess.CompletedProcess:
-    return run_gen_certs(env={"FAKE_STATE": str(state), "NAMESPACE": NAMESPACE},
+def run_in_cluster(state: Path, **env: str) -> subprocess.CompletedProcess:
+    return run_gen_certs(env={"FAKE_STATE": str(state), "NAMESPACE": NAMESPACE, **env},
                          path_prefix=state.parent / "bin")
+
+
+def calls(state: Path) -> list[str]:
+    return (state / "calls").read_text().splitlines()
 
 
 def test_gen_certs_creates_the_secret(fake_cluster: Path) -> None:
@@ -935,25 +948,47 @@ def test_gen_certs_creates_the_secret(fake_cluster: Path) -> None:
         (out / key).write_bytes(base64.b64decode(value))
     assert "OK" in openssl("verify", "-CAfile", str(out / "ca.crt"), str(out / "tls.crt"))
     assert SERVICE_DNS in sans(out / "tls.crt")
+    assert [c.split()[0] for c in calls(fake_cluster)] == ["create"]  # no REMOVE_RBAC: nothing else
 
 
-def test_gen_certs_leaves_an_existing_secret(fake_cluster: Path) -> None:
+def test_gen_certs_leaves_an_existing_secret_without_reading_it(fake_cluster: Path) -> None:
+    """AlreadyExists is the answer (a rerun, a lost race): the Job never reads the key."""
     (fake_cluster / "exists").touch()
     res = run_in_cluster(fake_cluster)
     assert res.returncode == 0, res.stderr
+    assert "exists; nothing to do" in res.stderr
     assert not (fake_cluster / "created.yaml").exists()
-    assert "create" not in (fake_cluster / "calls").read_text()
+    assert not [c for c in calls(fake_cluster) if " secret " in f" {c} " and "get" in c]
 
 
-def test_gen_certs_loses_a_race_quietly(fake_cluster: Path) -> None:
-    (fake_cluster / "race").touch()
-    res = run_in_cluster(fake_cluster)
-    assert res.returncode == 0, res.stderr
-    assert "created meanwhile" in res.stderr
-
-
-def test_gen_certs_fails_when_it_cannot_read(fake_cluster: Path) -> None:
+def test_gen_certs_fails_when_it_cannot_create(fake_cluster: Path) -> None:
     (fake_cluster / "forbidden").touch()
-    res = run_in_cluster(fake_cluster)
-    assert res.returncode != 0
-    assert "create" not in (fake_cluster / "calls").read_text()
+    res = run_in_cluster(fake_cluster, REMOVE_RBAC="image-mapper-certgen")
+    assert res.returncode != 0 and "cannot create Secret" in res.stderr
+    assert len(calls(fake_cluster)) == 1  # and keeps its access for the retry
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_gen_certs_removes_its_own_access_last(fake_cluster: Path, exists: bool) -> None:
+    """Issue 11.13: Role and RoleBinding get the ServiceAccount as owner (the garbage
+    collector deletes them with it), and deleting the ServiceAccount is the last request."""
+    if exists:
+        (fake_cluster / "exists").touch()
+    res = run_in_cluster(fake_cluster, REMOVE_RBAC="image-mapper-certgen")
+    assert res.returncode == 0, res.stderr
+    made = calls(fake_cluster)
+    assert made[0].startswith("create -f ")
+    ns = f"-n {NAMESPACE}"
+    assert made[1] == f"{ns} get serviceaccount image-mapper-certgen -o jsonpath={{.metadata.uid}}"
+    owner = ('{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"ServiceAccount",'
+             '"name":"image-mapper-certgen","uid":"uid-of-sa"}]}}')
+    assert made[2:] == [f"{ns} patch role image-mapper-certgen --type=merge -p {owner}",
+                        f"{ns} patch rolebinding image-mapper-certgen --type=merge -p {owner}",
+                        f"{ns} delete serviceaccount image-mapper-certgen --wait=false"]
+
+
+def test_gen_certs_cleanup_failure_is_not_fatal(fake_cluster: Path) -> None:
+    (fake_cluster / "rbac-forbidden").touch()
+    res = run_in_cluster(fake_cluster, REMOVE_RBAC="image-mapper-certgen")
+    assert res.returncode == 0 and "its access stays" in res.stderr
+    assert not [c for c in calls(fake_cluster) if "delete" in c]

@@ -9,7 +9,9 @@ real cluster, and why:
 * The Job's work is done by running `bin/gen-certs` in its cluster mode, with the Job's
   environment and a token of the Job's ServiceAccount: that proves the Job's RBAC. The
   Secret it creates is then read back and its files given to shell-operator, as the
-  Deployment mounts them.
+  Deployment mounts them. As its last step the Job deletes its ServiceAccount; with no
+  garbage collector here, the Role and RoleBinding it owns stay (the real-cluster test
+  sees them go).
 * shell-operator runs with the Deployment container's environment, parsed from the
   rendered bundle; only paths, listen addresses and ports are changed (see
   `operator_env`). It authenticates with a TokenRequest token of the bundle's
@@ -266,6 +268,7 @@ class Installation:
     control_plane: ControlPlane
     bundle: Bundle = field(default_factory=Bundle.render)
     tls_dir: Path | None = None
+    certgen_log: str = ""  # bin/gen-certs's stderr, last run
     replicas: list[Replica] = field(default_factory=list)
     _runs: int = 0
 
@@ -312,10 +315,18 @@ class Installation:
         })
         result = subprocess.run([str(REPO / "bin" / "gen-certs"), *command[1:]], env=env,
                                 capture_output=True, text=True, timeout=60, check=False)
+        self.certgen_log = result.stderr
         if result.returncode != 0:
             raise E2EError(f"bin/gen-certs as {CERTGEN_SA} failed ({result.returncode}): "
                            f"{result.stderr.strip()}")
         return result
+
+    def restore_certgen_rbac(self) -> None:
+        """What `kubectl apply` of the bundle does after the Job removed its access."""
+        names = {("ServiceAccount", CERTGEN_SA), ("Role", CERTGEN_SA), ("RoleBinding", CERTGEN_SA)}
+        docs = [d for d in self.bundle.applied if (d["kind"], d["metadata"]["name"]) in names]
+        assert len(docs) == 3, "the bundle no longer has the certgen ServiceAccount, Role and RoleBinding"
+        self.control_plane.apply(yaml.safe_dump_all(docs, sort_keys=False))
 
     def read_tls_secret(self) -> Path:
         """The Secret's keys as files, as the Deployment's secret volume would show them."""

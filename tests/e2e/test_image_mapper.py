@@ -11,11 +11,13 @@ Job and the ClusterIP Service are played by processes and an ExternalName Servic
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import re
 import ssl
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -179,24 +181,37 @@ def hook_counter(replica: Replica, name: str, **labels: str) -> float:
 
 
 def test_certgen_job_rbac_creates_the_tls_secret(image_mapper: Operators) -> None:
-    """bin/gen-certs ran as the Job's ServiceAccount (install()); it may do just that."""
+    """bin/gen-certs ran as the Job's ServiceAccount (install()): it made the Secret and
+    then removed its own access. Applied again, the Job may do just that, once more."""
     cp, inst = image_mapper.cp, image_mapper.installation
     secret = cp.kubectl_json("get", "secret", SECRET, "-n", OPERATOR_NS)
     assert secret["type"] == "kubernetes.io/tls"
     assert set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key"}
-    # A rerun (the Job retried, or applied again) leaves the Secret alone.
-    again = inst.run_certgen()
-    assert "exists; nothing to do" in again.stderr
-    assert cp.kubectl_json("get", "secret", SECRET, "-n", OPERATOR_NS)["data"] == secret["data"]
 
+    def certgen_gone() -> None:
+        assert cp.kubectl("get", "serviceaccount", CERTGEN_SA, "-n", OPERATOR_NS, check=False).returncode != 0
+        for kind in ("role", "rolebinding"):  # the garbage collector's (none runs here)
+            owners = cp.kubectl_json("get", kind, CERTGEN_SA, "-n", OPERATOR_NS)["metadata"]["ownerReferences"]
+            assert [(o["kind"], o["name"]) for o in owners] == [("ServiceAccount", CERTGEN_SA)]
+
+    assert "warning" not in inst.certgen_log, inst.certgen_log
+    certgen_gone()
+    inst.restore_certgen_rbac()  # kubectl apply of the bundle again
     config = cp.token_kubeconfig(OPERATOR_NS, CERTGEN_SA)
     ns = f"--namespace={OPERATOR_NS}"
     assert can_i(cp, config, "create", "secrets", ns)
-    assert can_i(cp, config, "get", f"secrets/{SECRET}", ns)
-    for denied in (("get", "secrets/other", ns), ("list", "secrets", ns), ("update", f"secrets/{SECRET}", ns),
-                   ("delete", f"secrets/{SECRET}", ns), ("create", "secrets", "--namespace=default"),
-                   ("get", "pods", ns)):
+    assert can_i(cp, config, "delete", f"serviceaccounts/{CERTGEN_SA}", ns)
+    for denied in (("get", f"secrets/{SECRET}", ns), ("get", "secrets/other", ns), ("list", "secrets", ns),
+                   ("update", f"secrets/{SECRET}", ns), ("delete", f"secrets/{SECRET}", ns),
+                   ("create", "secrets", "--namespace=default"), ("get", "pods", ns),
+                   ("delete", "serviceaccounts/image-mapper", ns), ("patch", "roles/other", ns),
+                   ("delete", f"roles/{CERTGEN_SA}", ns), ("create", "rolebindings", ns)):
         assert not can_i(cp, config, *denied), f"certgen may {' '.join(denied)}"
+    # A rerun (the Job retried, or applied again) leaves the Secret alone and goes again.
+    again = inst.run_certgen()
+    assert "exists; nothing to do" in again.stderr and "warning" not in again.stderr, again.stderr
+    assert cp.kubectl_json("get", "secret", SECRET, "-n", OPERATOR_NS)["data"] == secret["data"]
+    certgen_gone()
 
 
 def test_operator_rbac_is_sufficient_and_least(image_mapper: Operators) -> None:
@@ -823,6 +838,50 @@ def test_direct_request_flood_does_not_starve_pod_admission(
     median, worst, counts = figures["client certificate required"]
     assert counts.get("answered") == 0 and worst < 5, figures
     assert median < max(3 * figures["quiet"][0], figures["quiet"][0] + 0.5), figures
+
+
+def test_serving_certificate_and_ca_are_read_only_at_start(
+    image_mapper: Operators, make_namespace: Callable[..., str], tmp_path: Path
+) -> None:
+    """docs/security.md, rotation: shell-operator reads tls.crt, tls.key and ca.crt when it
+    starts, and never again. New files under a running replica (what the kubelet does to a
+    mounted Secret, a minute or so after it changed) change neither the certificate it
+    serves nor the caBundle; a restarted replica serves the new ones."""
+    cp, inst = image_mapper.cp, image_mapper.installation
+    ns = make_namespace("certfiles")
+    apply_imagemap(cp, ns)
+    assert inst.tls_dir is not None
+    replica = image_mapper.restart()
+    served = ssl.get_server_certificate(("127.0.0.1", 443))
+
+    def ca_bundle() -> bytes:
+        hooks = cp.kubectl_json("get", "mutatingwebhookconfiguration", CONFIGURATION)["webhooks"]
+        return base64.b64decode(hooks[0]["clientConfig"]["caBundle"])
+
+    bundle = ca_bundle()
+    saved = {name: (inst.tls_dir / name).read_bytes() for name in ("ca.crt", "tls.crt", "tls.key")}
+    result = subprocess.run([str(REPO / "bin" / "gen-certs"), "--out", str(tmp_path / "new")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    try:
+        for name in saved:
+            (inst.tls_dir / name).write_bytes((tmp_path / "new" / name).read_bytes())
+        time.sleep(3)
+        assert ssl.get_server_certificate(("127.0.0.1", 443)) == served
+        assert ca_bundle() == bundle
+        assert dry_run_image(cp, ns, "nginx:1.25") == "registry.corp/hub/nginx:1.25"
+        assert replica.alive()
+        # A restart is what takes them: the new certificate, the new CA in the caBundle.
+        image_mapper.restart()
+        new_cert = (tmp_path / "new" / "tls.crt").read_text()
+        assert ssl.get_server_certificate(("127.0.0.1", 443)).strip() == new_cert.strip()
+        assert ca_bundle() == (tmp_path / "new" / "ca.crt").read_bytes()
+        assert dry_run_image(cp, ns, "nginx:1.25") == "registry.corp/hub/nginx:1.25"
+    finally:
+        for name, data in saved.items():
+            (inst.tls_dir / name).write_bytes(data)
+        image_mapper.restart()
+    assert ssl.get_server_certificate(("127.0.0.1", 443)) == served
 
 
 def test_ignore_policy_admits_unchanged(image_mapper: Operators, make_namespace: Callable[..., str]) -> None:
