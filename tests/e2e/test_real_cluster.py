@@ -11,10 +11,12 @@ disruptive ones (failure policies, uninstall) come last.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -28,7 +30,7 @@ import pytest
 import realinstall
 import yaml
 from cluster import E2EError, wait_until
-from install import OPERATOR_NS, PROBE_IMAGE, PROBE_NS, PROBED_IMAGE, imagemap, images_of, mapfile, pod
+from install import OPERATOR_NS, PROBE_IMAGE, PROBE_NS, PROBED_IMAGE, REPO, imagemap, images_of, mapfile, pod
 from realcluster import NODE_IP, NODE_NAME, REGISTRY, RealCluster, enter_netns
 from typing_extensions import Self
 
@@ -179,6 +181,9 @@ def test_bundle_installed_from_its_image(installed: RealCluster) -> None:
     job = cluster.kubectl_json("get", "job", realinstall.CERTGEN_JOB, "-n", OPERATOR_NS)
     assert job["status"].get("succeeded") == 1
     cluster.kubectl("get", "secret", "image-mapper-tls", "-n", OPERATOR_NS)
+    # Done, the Job removed its access: its ServiceAccount, and with it (garbage
+    # collector, owner references) its Role and RoleBinding.
+    wait_until(lambda: certgen_rbac(cluster) == [], 60, "the certgen ServiceAccount, Role and RoleBinding to go")
     # Both replicas run the image from the private registry, Ready via the probe.
     pods = realinstall.operator_pods(cluster)
     assert len(pods) == 2 and all(realinstall.ready(p) for p in pods)
@@ -196,6 +201,31 @@ def test_bundle_installed_from_its_image(installed: RealCluster) -> None:
     ready_ips = {a for s in slices["items"] for e in s.get("endpoints", [])
                  if e.get("conditions", {}).get("ready") for a in e["addresses"]}
     assert ready_ips == {p["status"]["podIP"] for p in pods}
+
+
+def certgen_rbac(cluster: RealCluster) -> list[str]:
+    """Which of the certgen Job's ServiceAccount, Role and RoleBinding exist."""
+    return [kind for kind in ("serviceaccount", "role", "rolebinding")
+            if cluster.kubectl("get", kind, realinstall.CERTGEN_JOB, "-n", OPERATOR_NS,
+                               check=False).returncode == 0]
+
+
+def test_certgen_reruns_and_removes_its_access_again(installed: RealCluster) -> None:
+    """Issue 11.13: `kubectl apply -k` after the Job's TTL (played by deleting the Job)
+    creates the Job and its RBAC again; the Job finds the Secret, leaves it, and removes
+    its access again. The webhook keeps working throughout."""
+    cluster = installed
+    before = cluster.kubectl_json("get", "secret", "image-mapper-tls", "-n", OPERATOR_NS)["data"]
+    cluster.kubectl("delete", "job", realinstall.CERTGEN_JOB, "-n", OPERATOR_NS, "--wait=true")
+    realinstall.install(cluster)  # kubectl apply -k, then the Job, the rollout, the webhook
+    job = cluster.kubectl_json("get", "job", realinstall.CERTGEN_JOB, "-n", OPERATOR_NS)
+    assert job["status"].get("succeeded") == 1
+    log = cluster.kubectl("logs", "-n", OPERATOR_NS, f"job/{realinstall.CERTGEN_JOB}").stdout \
+        + cluster.kubectl("logs", "-n", OPERATOR_NS, f"job/{realinstall.CERTGEN_JOB}", check=False).stderr
+    assert "exists; nothing to do" in log and "warning" not in log, log
+    assert cluster.kubectl_json("get", "secret", "image-mapper-tls", "-n", OPERATOR_NS)["data"] == before
+    wait_until(lambda: certgen_rbac(cluster) == [], 60, "the certgen ServiceAccount, Role and RoleBinding to go")
+    realinstall.wait_effective(cluster)
 
 
 # ------------------------------------------------ 2. an air-gapped application
@@ -278,8 +308,8 @@ class PodTraffic:
     admission only."""
 
     def __init__(self, cluster: RealCluster, namespace: str, limit: int = 600,
-                 seconds: float = 300, pause: float = 0.1) -> None:
-        self.cluster, self.namespace = cluster, namespace
+                 seconds: float = 300, pause: float = 0.1, expected: str = BY_IMAGEMAP["web"]) -> None:
+        self.cluster, self.namespace, self.expected = cluster, namespace, expected
         self.limit, self.seconds, self.pause = limit, seconds, pause
         self.admitted: list[str] = []
         self.refused: list[str] = []
@@ -326,7 +356,7 @@ class PodTraffic:
             raise self._error
         assert self.admitted, "the traffic loop created no Pod"
         assert not self.refused, f"{len(self.refused)} refused, first: {self.refused[0]}"
-        assert set(self.admitted) == {BY_IMAGEMAP["web"]}
+        assert set(self.admitted) == {self.expected}
 
 
 def evict(cluster: RealCluster, pod: str) -> Any:
@@ -573,6 +603,52 @@ def test_network_policy_is_enforced(installed: RealCluster) -> None:
         apply_policy(cluster, yaml.safe_load(SHIPPED_POLICY.read_text()))
         for namespace in ("np-tenant", "monitoring"):
             cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def pem_certificates(text: str) -> list[str]:
+    return re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S)
+
+
+def test_certificate_rotation_refuses_nothing(installed: RealCluster, tmp_path: Path) -> None:
+    """Issue 11.13: the two documented rotation steps (docs/operations.md, run as written,
+    kubectl being this cluster's) while Pods are created without pause: none is refused,
+    every one is rewritten, and in the end only the new CA is trusted."""
+    cluster = installed
+    ns = "rotation"
+    cluster.create_namespace(ns)
+    cluster.apply([imagemap("mirror", ns, [{"from": "nginx", "to": f"{MIRROR}/rotated/nginx"}])])
+    wait_until(lambda: images_of(cluster.create({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "namespace": ns},
+        "spec": {"containers": [{"name": "web", "image": "nginx:1.25"}]}}, dry_run=True))["containers/web"]
+        == f"{MIRROR}/rotated/nginx:1.25", 30, "the rotation namespace's ImageMap")
+    secret = cluster.kubectl_json("get", "secret", "image-mapper-tls", "-n", OPERATOR_NS)["data"]
+    old_ca = pem_certificates(base64.b64decode(secret["ca.crt"]).decode())
+    steps = re.findall(r"```sh\n(# rotate, step \d.*?)```", (REPO / "docs" / "operations.md").read_text(), re.S)
+    assert [s.splitlines()[0][:15] for s in steps] == ["# rotate, step ", "# rotate, step "], steps
+    (tmp_path / "bin").symlink_to(REPO / "bin")  # "from a checkout of this repository"
+    env = {**os.environ, "PATH": f"{cluster.workdir}:{os.environ['PATH']}"}  # its kubectl wrapper
+    with PodTraffic(cluster, ns, limit=2000, seconds=600, pause=0.2,
+                    expected=f"{MIRROR}/rotated/nginx:1.25") as traffic:
+        time.sleep(2)
+        for step in steps:
+            done = subprocess.run(["sh", "-eu", "-c", step], cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, timeout=420, check=False)
+            assert done.returncode == 0, f"{step}\n{done.stdout}\n{done.stderr}"
+        time.sleep(3)
+    traffic.check()
+    print(f"\nrotation: {len(traffic.admitted)} Pods admitted, {len(traffic.refused)} refused")
+    assert len(traffic.admitted) > 20
+    # Only the new CA: in the Secret and in both webhook configurations.
+    secret = cluster.kubectl_json("get", "secret", "image-mapper-tls", "-n", OPERATOR_NS)["data"]
+    [new_ca] = pem_certificates(base64.b64decode(secret["ca.crt"]).decode())
+    assert new_ca not in old_ca
+    for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+        config = cluster.kubectl_json("get", kind, "image-mapper-hooks")
+        bundles = {base64.b64decode(w["clientConfig"]["caBundle"]).decode() for w in config["webhooks"]}
+        assert [pem_certificates(b) for b in bundles] == [[new_ca]], kind
+    assert sorted(os.listdir(tmp_path)) == ["bin"]  # the procedure cleaned up after itself
+    realinstall.wait_effective(cluster)
+    cluster.kubectl("delete", "pods", "-n", ns, "--all", "--wait=false", check=False)
 
 
 # ------------------------------------------------ 6. failure policy, uninstall
