@@ -182,24 +182,30 @@ def timed_rss(argv: list[str], env: dict) -> tuple[float, int, float]:
     return float(seconds), int(rss), float(cpu)
 
 
-def import_profile(python: str, env: dict, top: int = 6, hook: str = HOOK) -> list[tuple[str, int]]:
-    _fresh_outputs(env)
-    out = subprocess.run([python, "-S", "-X", "importtime", hook], env=env, capture_output=True,
-                         text=True, cwd=os.path.dirname(hook), check=True)
-    rows = []
-    for line in out.stderr.splitlines():
-        if line.startswith("import time:") and "|" in line and "cumulative" not in line:
-            _, cumulative, name = line[len("import time:"):].split("|")
-            rows.append((name.rstrip()[1:], int(cumulative)))  # one space, then nesting indent
-    top_level = [r for r in rows if not r[0].startswith(" ")]
-    return sorted(top_level, key=lambda r: -r[1])[:top]
+def import_profile(python: str, env: dict, top: int = 6, hook: str = HOOK, runs: int = 5) -> list[tuple[str, int]]:
+    """Top-level imports by cumulative microseconds, the median of ``runs`` fresh processes
+    (one run on a shared machine can catch a neighbour's burst)."""
+    seen: dict[str, list[int]] = {}
+    for _ in range(runs):
+        _fresh_outputs(env)
+        out = subprocess.run([python, "-S", "-X", "importtime", hook], env=env, capture_output=True,
+                             text=True, cwd=os.path.dirname(hook), check=True)
+        for line in out.stderr.splitlines():
+            if line.startswith("import time:") and "|" in line and "cumulative" not in line:
+                _, cumulative, name = line[len("import time:"):].split("|")
+                name = name.rstrip()[1:]  # one space, then nesting indent
+                if not name.startswith(" "):
+                    seen.setdefault(name, []).append(int(cumulative))
+    rows = [(name, int(statistics.median(us + [0] * (runs - len(us))))) for name, us in seen.items()]
+    return sorted(rows, key=lambda r: -r[1])[:top]
 
 
 def cpu_profile(env: dict, top: int = 10, runs: int = 20, hook: str = HOOK) -> list[tuple[str, float, int]]:
     """Where one hook process goes after the interpreter starts: cProfile of whole runs.
 
     Each run is a fresh process (the bundle load, the modules' bodies, the work and the
-    bookkeeping, as shell-operator sees them); own time per function, averaged over runs.
+    bookkeeping, as shell-operator sees them); own time per function, the median over
+    runs (a run where a function did not appear counts 0), robust to a neighbour's burst.
     The hook ends with ``posix._exit`` (protocol.exit_now), which would end the profile
     too: here it raises SystemExit instead. Its saving (no interpreter teardown) is in C
     and so not in any profile; the decomposition shows it.
@@ -209,17 +215,17 @@ def cpu_profile(env: dict, top: int = 10, runs: int = 20, hook: str = HOOK) -> l
             "try:\n    runpy.run_path(sys.argv[1], run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "pr.disable()\nfor (f,l,n),(cc,nc,tt,ct,_) in pstats.Stats(pr).stats.items():\n"
             "    print(f'{f.rsplit(\"/\",1)[-1]}:{n}\\t{tt*1e6:.2f}\\t{nc}', file=sys.stderr)\n")
-    total: dict[str, list[float]] = {}
+    times: dict[str, list[float]] = {}
+    calls_of: dict[str, int] = {}
     for _ in range(runs):
         _fresh_outputs(env)
         out = subprocess.run([hook_python(), "-S", "-c", code, hook], env=env, capture_output=True, text=True,
                              check=True, cwd=os.path.dirname(hook))
         for line in out.stderr.splitlines():
             name, us, calls = line.split("\t")
-            entry = total.setdefault(name, [0.0, 0])
-            entry[0] += float(us) / runs
-            entry[1] = int(calls)
-    rows = [(name, us, int(calls)) for name, (us, calls) in total.items()]
+            times.setdefault(name, []).append(float(us))
+            calls_of[name] = int(calls)
+    rows = [(name, statistics.median(us + [0.0] * (runs - len(us))), calls_of[name]) for name, us in times.items()]
     return sorted(rows, key=lambda r: -r[1])[:top]
 
 
@@ -585,8 +591,9 @@ def table(fig: dict) -> str:
     if "imports_base" in fig:
         columns.append((f"`{GOAL2_BASE}`, bundled", fig["imports_base"]))
     out += ["", f"Top imports of the mutate hook (`{fig['python']} -S -X importtime hooks/mutate.py`, cumulative "
-            "microseconds, under importtime's own overhead; `encodings`, `_frozen_importlib_external`, `io`, "
-            "`zipimport` and `encodings.utf_8` are the interpreter's own start, paid by the floor too):", "",
+            "microseconds, the median of 5 runs, under importtime's own overhead; `encodings`, "
+            "`_frozen_importlib_external`, `io`, `zipimport` and `encodings.utf_8` are the interpreter's own start, "
+            "paid by the floor too):", "",
             "| " + " | ".join(f"{name} | us" for name, _ in columns) + " |",
             "|" + "---|---:|" * len(columns)]
     for row in zip(*(ranked for _, ranked in columns)):
@@ -595,7 +602,7 @@ def table(fig: dict) -> str:
     if "profile_base" in fig:
         profiles.append((f"`{GOAL2_BASE}`", fig["profile_base"]))
     out += ["", "CPU profile of the hook process after the interpreter start (cProfile of whole runs, "
-            "fresh processes, own time per function averaged over 20 runs; it includes the bundle load, "
+            "fresh processes, own time per function, the median of 20 runs; it includes the bundle load, "
             "the modules' bodies and the bookkeeping, not the interpreter's teardown (C code, which this "
             "revision skips); profiling inflates small calls):", "",
             "| " + " | ".join(f"{name}: function | us | calls" for name, _ in profiles) + " |",
