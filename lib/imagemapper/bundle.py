@@ -154,7 +154,9 @@ class _Module:
 
     def __init__(self, name: str, bundled: set[str]):
         self.name = name
-        with open(os.path.join(PACKAGE, name + ".py"), encoding="utf-8") as handle:
+        path = os.path.join(PACKAGE, name + ".py")
+        self.stat = os.stat(path)  # before the read: an edit in between makes the bundle stale, not wrong
+        with open(path, encoding="utf-8") as handle:
             self.tree = ast.parse(handle.read())
         self.units = _units(self.tree)
         self.binder = {n: i for i, (_, names, _) in enumerate(self.units) for n in names}
@@ -244,7 +246,7 @@ def _compile(name: str, module: _Module, keep: set[int]) -> tuple[tuple[str, int
     """((module, source size, source mtime, hot code), marshalled rest code or b"")."""
     hot = [node for i, (node, _, _) in enumerate(module.units) if i in keep]
     rest = [node for i, (node, _, _) in enumerate(module.units) if i not in keep]
-    info = os.stat(os.path.join(PACKAGE, name + ".py"))
+    info = module.stat
     return (name, info.st_size, info.st_mtime_ns, _code(name, hot)), (marshal.dumps(_code(name, rest)) if rest else b"")
 
 
