@@ -559,7 +559,9 @@ def test_network_policy_is_enforced(installed: RealCluster) -> None:
     images.push(cluster, images.netcheck_image(), NETCHECK_IMAGE)
     tenant = client_pod(cluster, "np-tenant")
     monitoring = client_pod(cluster, "monitoring")
-    target = realinstall.operator_pods(cluster)[0]["status"]["podIP"]
+    target_pod = realinstall.operator_pods(cluster)[0]
+    target = target_pod["status"]["podIP"]
+    proxy = f"/api/v1/namespaces/{OPERATOR_NS}/pods/{target_pod['metadata']['name']}:{METRICS_PORT}/proxy/metrics"
     service = cluster.kubectl_json("get", "service", "image-mapper-webhook", "-n",
                                    OPERATOR_NS)["spec"]["clusterIP"]
 
@@ -599,6 +601,8 @@ def test_network_policy_is_enforced(installed: RealCluster) -> None:
         apply_policy(cluster, narrowed_policy(cluster, "192.0.2.0/24"))
         eventually(None, target, WEBHOOK_PORT, "dropped")
         assert admission_works(cluster)
+        # So is the API server's Pod proxy (9115 is open to `monitoring` only).
+        assert "shell_operator_" in cluster.kubectl("get", "--raw", proxy).stdout
     finally:
         apply_policy(cluster, yaml.safe_load(SHIPPED_POLICY.read_text()))
         for namespace in ("np-tenant", "monitoring"):
