@@ -634,13 +634,17 @@ def test_certificate_rotation_refuses_nothing(installed: RealCluster, tmp_path: 
     with PodTraffic(cluster, ns, limit=2000, seconds=600, pause=0.2,
                     expected=f"{MIRROR}/rotated/nginx:1.25") as traffic:
         time.sleep(2)
+        took = []
         for step in steps:
+            started = time.monotonic()
             done = subprocess.run(["sh", "-eu", "-c", step], cwd=tmp_path, env=env, capture_output=True,
                                   text=True, timeout=420, check=False)
             assert done.returncode == 0, f"{step}\n{done.stdout}\n{done.stderr}"
+            took.append(time.monotonic() - started)
         time.sleep(3)
     traffic.check()
-    print(f"\nrotation: {len(traffic.admitted)} Pods admitted, {len(traffic.refused)} refused")
+    print(f"\nrotation: steps took {took[0]:.0f} s and {took[1]:.0f} s; "
+          f"{len(traffic.admitted)} Pods admitted, {len(traffic.refused)} refused")
     assert len(traffic.admitted) > 20
     # Only the new CA: in the Secret and in both webhook configurations.
     secret = cluster.kubectl_json("get", "secret", "image-mapper-tls", "-n", OPERATOR_NS)["data"]
