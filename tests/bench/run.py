@@ -714,8 +714,9 @@ def goals(fig: dict, e2e_section: str = "") -> str:
         + ", same run).",
         "3. **End to end**: " + (e2e_goal(e2e_section, "3") or "run `make bench-long`") + ".",
         "4. **Sync**: start-up rebuild of 10k ImageMaps x 10 entries "
-        f"**{_start(fig)[0]:.2f} s** "
-        f"(<= 2 s), one ImageMap changed **{sync['event'][0]:.2f} s** (<= 0.3 s), peak RSS "
+        f"**{_start(fig)[0]:.2f} s** (CPU {_cpu(_start(fig)):.2f} s) "
+        f"(<= 2 s), one ImageMap changed **{sync['event'][0]:.2f} s** (CPU {_cpu(sync['event']):.2f} s) "
+        f"(<= 0.3 s), peak RSS "
         f"{_start(fig)[1] / 1024:.0f} / {sync['event'][1] / 1024:.0f} MiB "
         f"(medians of {fig.get('sync_rounds', 1)} runs)"
         + (f"; before this work, same run: {before['full'][0]:.2f} s and {before['event'][0]:.2f} s, "
