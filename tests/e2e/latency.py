@@ -358,14 +358,53 @@ def cpu_seconds(pid: int) -> float:
     return sum(_stat_fields(pid)) / os.sysconf("SC_CLK_TCK")
 
 
-def tcp_active_opens() -> int:
-    """Connections opened on this machine so far (``/proc/net/snmp``, Tcp ActiveOpens).
+class SocketWatch:
+    """The connections a webhook server accepts during a phase: the distinct sockets its
+    process holds, sampled every ``interval`` s (a connection to a slow webhook lives at
+    least one request). Each new one is a TLS handshake on both sides."""
 
-    During a phase, the client's and kube-apiserver's etcd connections stay open, so the
-    new ones are kube-apiserver's to the webhook: each one a TLS handshake on both sides.
-    """
-    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Tcp:")]
-    return int(lines[1][lines[0].index("ActiveOpens")])
+    def __init__(self, pid: int | None, interval: float = 0.05) -> None:
+        self.pid, self.interval = pid, interval
+        self.seen: set[str] = set()
+        self.before: set[str] = set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sockets(self) -> set[str]:
+        directory = f"/proc/{self.pid}/fd"
+        found = set()
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return found
+        for name in names:
+            try:
+                target = os.readlink(f"{directory}/{name}")
+            except OSError:
+                continue
+            if target.startswith("socket:"):
+                found.add(target)
+        return found
+
+    def _run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.seen |= self._sockets()
+
+    def __enter__(self) -> SocketWatch:
+        if self.pid:
+            self.before = self._sockets()
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.pid:
+            self.thread.join()
+            self.seen |= self._sockets()
+
+    @property
+    def new(self) -> int | None:
+        return len(self.seen - self.before) if self.pid else None
 
 
 def cpu_by_component(pids: dict[str, int]) -> dict[str, float]:
@@ -511,9 +550,9 @@ def run_phase(api: Api, phase: str, webhook: str | None, pods: int, level: int,
     log_before = log.stat().st_size if log else 0
     cpu_before = cpu_by_component(pids or {})
     stale: list[str] = []
-    opens = tcp_active_opens()
-    timings, wall = api.create_pods(namespace, names, level, stale)
-    opens = tcp_active_opens() - opens
+    server = (pids or {}).get("webhook server" if phase in ("baseline", "in-process") else "shell-operator")
+    with SocketWatch(server if webhook else None) as sockets:
+        timings, wall = api.create_pods(namespace, names, level, stale)
     cpu_after = cpu_by_component(pids or {})
     cpu = {name: (cpu_after[name] - cpu_before[name]) * 1e3 / len(timings) for name in cpu_after}
     after = api.get("/metrics")
@@ -521,8 +560,10 @@ def run_phase(api: Api, phase: str, webhook: str | None, pods: int, level: int,
         "phase": phase, "concurrency": level, "webhook": webhook, "pods": len(timings),
         "wall_s": wall, "pods_per_s": len(timings) / wall, "timings": timings, "stale_connections": len(stale),
         "client_p50_ms": exact(timings, 0.5) * 1e3, "client_p99_ms": exact(timings, 0.99) * 1e3,
-        "cpu_ms_per_pod": cpu, "connections_per_pod": opens / len(timings),
+        "cpu_ms_per_pod": cpu,
     }
+    if sockets.new is not None:
+        entry["connections_per_pod"] = sockets.new / len(timings)
     if log:
         entry["log_bytes_per_pod"] = (log.stat().st_size - log_before) / len(timings)
     if webhook:
@@ -550,11 +591,12 @@ def merge(entries: list[dict[str, Any]]) -> dict[str, Any]:
     names = {n for e in entries for n in e["cpu_ms_per_pod"]}
     out = dict(entries[0], pods=pods, wall_s=wall, pods_per_s=pods / wall, timings=timings, runs=len(entries),
                stale_connections=sum(e.get("stale_connections", 0) for e in entries),
-               connections_per_pod=sum(e.get("connections_per_pod", 0.0) * e["pods"] for e in entries) / pods,
                client_p50_ms=exact(timings, 0.5) * 1e3, client_p99_ms=exact(timings, 0.99) * 1e3,
                cpu_ms_per_pod={n: sum(e["cpu_ms_per_pod"].get(n, 0.0) * e["pods"] for e in entries) / pods
                                for n in names},
                runs_pods_per_s=[e["pods_per_s"] for e in entries])
+    if all("connections_per_pod" in e for e in entries):
+        out["connections_per_pod"] = sum(e["connections_per_pod"] * e["pods"] for e in entries) / pods
     if all("log_bytes_per_pod" in e for e in entries):
         out["log_bytes_per_pod"] = sum(e["log_bytes_per_pod"] * e["pods"] for e in entries) / pods
     if entries[0].get("webhook"):
@@ -639,7 +681,7 @@ def hpa_target_millicores() -> float | None:
 def _main_table(phases: list[dict[str, Any]]) -> list[str]:
     rows = ["| concurrency | namespace | webhook p50 ms | webhook p99 ms | create p50 ms | create p99 ms "
             "| Pods/s | CPU ms/Pod: hook processes | shell-operator | webhook server | kube-apiserver + etcd "
-            "| all | new connections/Pod |",
+            "| all | new webhook connections/Pod |",
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for entry in phases:
         runs = f" ({entry['runs']} runs)" if entry.get("runs", 1) > 1 else ""
@@ -707,11 +749,10 @@ second. Without it: ours {net('ours'):.1f} ms, fixed {net('fixed'):.1f} ms, in-p
   webhook client (client-go's transport) keeps at most 25 idle connections per webhook host,
   so with more calls in flight than that, an answered call's connection is closed and a later
   call dials a new one, a TLS handshake on both sides. Per Pod at concurrency {top}:
-  {conns('ours')} new connections behind mutate.py, {conns('fixed')} behind the fixed hook,
-  {conns('in-process')} behind the in-process server, {conns('excluded')} with no webhook;
-  at concurrency {mid}, {conns('ours', mid)} behind mutate.py (fewer than 25 in flight, so
-  none need replacing). The rest is the API server's own bookkeeping of more concurrent
-  requests.
+  {conns('ours')} new connections to shell-operator behind mutate.py, {conns('fixed')} behind the
+  fixed hook, {conns('in-process')} to the in-process server; at concurrency {mid},
+  {conns('ours', mid)} behind mutate.py (fewer than 25 calls in flight, so none need replacing).
+  The rest is the API server's own bookkeeping of more concurrent requests.
 
 What shrinks it is fewer calls in flight per webhook host: a webhook that answers sooner.
 More replicas help only through that (they share one Service host name, so one pool of
@@ -744,7 +785,9 @@ processes only would say {1000 / hook_only if hook_only else 0:.0f}).
 
 **How replicas scale it.** Each replica is its own shell-operator with its own snapshot, and
 the Service spreads admissions over the Ready ones, so capacity grows with replicas:
-N replicas with one core each admit about N x {1000 / per_pod if per_pod else 0:.0f} Pods/s. Each replica
+N replicas with one core each admit about N x {1000 / per_pod if per_pod else 0:.0f} Pods/s (a model from the
+figures: this machine's two cores run every replica, so more of them here would only share
+the same CPU). Each replica
 also costs a sync hook and a watch of the rule objects, and the control plane pays
 {api:.1f} ms of kube-apiserver + etcd CPU per Pod admitted this way, so N replicas saturate a
 control plane with C cores for Pod creation at about C x {1000 / api if api else 0:.0f} Pods/s, whatever N.
@@ -826,6 +869,9 @@ Reproduce with `make bench-long` (`tests/e2e/latency.py`).
 * **webhook** columns: kube-apiserver's own histogram `{METRIC}` (buckets {buckets} ms,
   interpolated as `histogram_quantile` does; read them as "which bucket"). **create**
   columns: the client's exact time for `POST /api/v1/namespaces/NS/pods` (nearest rank).
+* **new webhook connections/Pod**: the distinct sockets the webhook's server process
+  (shell-operator, or the in-process server) held during the run, sampled every 50 ms,
+  less those it held before: the connections kube-apiserver opened to it, per Pod.
 * **CPU ms/Pod**: user + system time from `/proc/PID/stat` over the run, divided by its Pods.
   **hook processes** are shell-operator's reaped children (`cutime + cstime`: the admission
   hooks, and the sync hook's 10-second counters export, which is idle cost); **shell-operator**
