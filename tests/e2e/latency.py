@@ -119,8 +119,8 @@ class Api:
 
         A create refused because kube-apiserver wrote to a webhook connection that
         shell-operator had closed (:data:`STALE_CONNECTION`) is counted in ``stale``, left
-        out of the timings and retried once under another name; any other failure stops
-        the run.
+        out of the timings and retried (twice at most) under another name; any other
+        failure stops the run.
         """
         pending = iter(names)
         lock = threading.Lock()
@@ -138,7 +138,7 @@ class Api:
                         name = next(pending, None)
                     if name is None or errors:
                         return
-                    for attempt in (name, f"{name}-retry"):
+                    for attempt in (name, f"{name}-retry1", f"{name}-retry2"):
                         status, data, elapsed = self._create(conn, namespace, attempt)
                         if status == 201 or status != 500 or not any(
                                 m.encode() in data for m in STALE_CONNECTION):
@@ -878,7 +878,7 @@ Reproduce with `make bench-long` (`tests/e2e/latency.py`).
   is its own time. The client's CPU is not in **all**.
 * {stale} of {total_pods} creates in this run were refused with "write: broken pipe": kube-apiserver
   reused a pooled connection to the webhook that shell-operator had closed after its fixed 10 s
-  `IdleTimeout`, and it does not retry such a POST. They are retried once, counted here and
+  `IdleTimeout`, and it does not retry such a POST. They are retried, counted here and
   left out of the timings. In a cluster this is an occasional Pod create refused (failure
   policy Fail) after a quiet spell of 10 s or more; a client retries it.
 
