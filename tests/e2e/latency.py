@@ -752,7 +752,11 @@ second. Without it: ours {net('ours'):.1f} ms, fixed {net('fixed'):.1f} ms, in-p
   {conns('ours')} new connections to shell-operator behind mutate.py, {conns('fixed')} behind the
   fixed hook, {conns('in-process')} to the in-process server; at concurrency {mid},
   {conns('ours', mid)} behind mutate.py (fewer than 25 calls in flight, so none need replacing).
-  The rest is the API server's own bookkeeping of more concurrent requests.
+  Another part is the cores being shared with a new process per Pod: measured apart (not in
+  this run), two loops of `python3 -S -c pass` beside no-webhook creates at concurrency 50 raised
+  kube-apiserver + etcd CPU per Pod by about 0.4 ms (1.6 to 2.2 ms without them, 2.1 to 2.4 ms
+  with them). The API server sends no other requests per Pod (its `apiserver_request_total`
+  grows by one `POST pods` per Pod in every phase).
 
 What shrinks it is fewer calls in flight per webhook host: a webhook that answers sooner.
 More replicas help only through that (they share one Service host name, so one pool of
