@@ -672,7 +672,9 @@ def scale_note(fig: dict) -> str:
   notes reuse the compile's parsed entries instead of parsing every entry a second time;
   `reference.parse` keeps its answers per string (bounded) and decides plain
   `registry/path[:tag]` strings on a fast path, the full validator deciding the rest
-  (property tests compare the two); the cluster map files are compiled once per run. The
+  (property tests compare the two); the cluster map files are compiled once per run, and
+  not at all in a run that changes none of them (their targets are read back from the
+  snapshot); the sync process runs without cyclic garbage collection. The
   snapshot is semantically identical to the previous code's, region by region, on the
   bench's inputs and on a varied corpus (conflicts, chains, shadowed and invalid entries).
 * **Snapshot size.** {fig['snapshot_bytes'] / 1e6:.0f} MB for 100k rules plus a 5k-line map, in an
