@@ -837,9 +837,9 @@ def test_direct_request_flood_does_not_starve_pod_admission(
         print(f"\nflood {name}: admission median {median:.3f} s, max {worst:.3f} s, direct requests {counts}")
     median, worst, counts = figures["client certificate required"]
     assert counts.get("answered") == 0 and worst < 5, figures
-    # Starving would mean admissions that wait for slots for seconds (the unbounded setup
-    # timed out before the gate); a loaded CI machine adds a few hundred ms of TLS work
-    # from the flooding clients themselves, so the bound leaves room for that.
+    # Starving means admissions slowed by seconds or timed out (timeoutSeconds is 10); the
+    # flooding clients' own TLS work adds a few hundred ms on a loaded 2-core machine, so
+    # the bound leaves room for that.
     assert median < max(4 * figures["quiet"][0], figures["quiet"][0] + 1.0), figures
 
 
