@@ -9,6 +9,7 @@ the rest and copying the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -18,14 +19,13 @@ from imagemapper import compiler, snapshot
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, TypeVar
+    from typing import Any
 
     from imagemapper.compiler import ClusterCompiled, Observer
     from imagemapper.imagemap import MapInput
     from imagemapper.mapfile import MapFileInput
     from imagemapper.shapes import VerdictRecord
 
-    T = TypeVar("T")
 
 INDEX = "index.json"
 INDEX_FORMAT = 2  # 2: verdicts are {reason, message, rules} records; another format is rebuilt
@@ -102,7 +102,7 @@ def build(state_dir: str, maps: list[MapInput], configmaps: list[MapFileInput],
     names = set(groups) if changed is None else set(groups) | set(old_ns)
     new_ns: dict = {}
     writers = snapshot.Writer(state_dir), snapshot.Writer(state_dir, snapshot.ACCEPTED)
-    compiled = _once(cluster or (lambda: compiler.compile_cluster(cluster_cms)))
+    compiled = functools.cache(cluster or (lambda: compiler.compile_cluster(cluster_cms)))  # first use only
     shadows = _Shadows(cluster_cms, compiled)
     try:
         for namespace in sorted(names):
@@ -269,15 +269,6 @@ def carried_cluster_targets(state_dir: str, cms: list[MapFileInput]) -> dict | N
         snap.close()
 
 
-def _once(make: Callable[[], T]) -> Callable[[], T]:
-    """``make()``, called the first time only."""
-    done: list[T] = []
-
-    def get() -> T:
-        if not done:
-            done.append(make())
-        return done[0]
-    return get
 
 
 def _cms_key(cms: list[MapFileInput]) -> str:
