@@ -87,15 +87,17 @@ def _choice(env: dict, name: str, default: str, allowed: tuple[str, ...]) -> str
     return value
 
 
-def _timeout(env: dict) -> int:
-    raw = env.get("IMAGE_MAPPER_TIMEOUT_SECONDS", "") or "10"
+def _bounded_int(env: dict, name: str, default: str, low: int, high: int,
+                 unit: str = "", limit: str = "") -> int:
+    """A whole-number setting within [low, high]; ``limit`` says who sets the range."""
+    raw = env.get(name, "") or default
     try:
         value = int(raw)
     except ValueError:
-        raise SettingsError(f"IMAGE_MAPPER_TIMEOUT_SECONDS={raw!r} is not a whole number of seconds") from None
-    if not 1 <= value <= 30:
-        raise SettingsError(f"IMAGE_MAPPER_TIMEOUT_SECONDS={value} is out of range; "
-                            "the API server allows 1 to 30")
+        raise SettingsError(f"{name}={raw!r} is not a whole number{unit}") from None
+    if not low <= value <= high:
+        where = f"; {limit} allows {low} to {high}" if limit else f" ({low} to {high})"
+        raise SettingsError(f"{name}={value} is out of range{where}")
     return value
 
 
@@ -114,17 +116,6 @@ def _allowed_targets(env: dict) -> frozenset[str]:
                                     "or registry/path prefix")
             out.add(prefix)
     return frozenset(out)
-
-
-def _max_admissions(env: dict) -> int:
-    raw = env.get("IMAGE_MAPPER_MAX_ADMISSIONS", "") or "8"
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"IMAGE_MAPPER_MAX_ADMISSIONS={raw!r} is not a whole number") from None
-    if not 1 <= value <= 256:
-        raise SettingsError(f"IMAGE_MAPPER_MAX_ADMISSIONS={value} is out of range (1 to 256)")
-    return value
 
 
 def _namespace(env: dict, name: str, required: bool) -> str:
@@ -158,14 +149,15 @@ def from_env(env: dict | None = None, require_namespace: bool = True) -> Setting
     return Settings(
         namespace_mode=_choice(env, "IMAGE_MAPPER_NAMESPACE_MODE", "opt-out", ("opt-out", "opt-in")),
         failure_policy=_choice(env, "IMAGE_MAPPER_FAILURE_POLICY", "Fail", ("Fail", "Ignore")),
-        timeout_seconds=_timeout(env),
+        timeout_seconds=_bounded_int(env, "IMAGE_MAPPER_TIMEOUT_SECONDS", "10", 1, 30,
+                                     " of seconds", "the API server"),
         operator_namespace=_namespace(env, "SHELL_OPERATOR_NAMESPACE", require_namespace),
         map_namespace=_namespace(env, "IMAGE_MAPPER_MAP_NAMESPACE", False),
         state_dir=state_dir.rstrip("/") or "/",
         configuration_name=env.get("VALIDATING_WEBHOOK_CONFIGURATION_NAME", "")
         or DEFAULT_CONFIGURATION_NAME,
         excluded_namespaces=_namespace_list(env, EXCLUDE_NAMESPACES),
-        max_admissions=_max_admissions(env),
+        max_admissions=_bounded_int(env, "IMAGE_MAPPER_MAX_ADMISSIONS", "8", 1, 256),
         namespace_map_files=_choice(env, "IMAGE_MAPPER_NAMESPACE_MAP_FILES", "enabled",
                                     NAMESPACE_MAP_FILES),
         allowed_targets=_allowed_targets(env),
