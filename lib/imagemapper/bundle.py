@@ -16,13 +16,15 @@ from __future__ import annotations
 import __future__
 
 import ast
+import copy
+import importlib.machinery
 import importlib.util
 import marshal
 import os
 import sys
 from types import CodeType
 
-from imagemapper import FORMAT
+from imagemapper import FORMAT, PREFIX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -234,37 +236,113 @@ def hot_units(names: list[str]) -> tuple[dict[str, _Module], dict[str, set[int]]
     return parsed, hot
 
 
+class _WithoutAnnotations(ast.NodeTransformer):
+    """Drop annotations: postponed, they are strings that only type checkers read, yet
+    each one is unmarshalled and stored with its function (nothing here reads them)."""
+
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.annotation = None
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+        node.returns = None
+        self.generic_visit(node)
+        return node
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.stmt | None:
+        if node.value is None:
+            return None  # `name: type` binds nothing
+        return ast.copy_location(ast.Assign(targets=[node.target], value=node.value), node)
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:
+        self.generic_visit(node)
+        for sub in ast.walk(node):  # a block left with only `name: type` lines
+            body = getattr(sub, "body", None)
+            if isinstance(body, list) and not body and not isinstance(sub, ast.Module):
+                body.append(ast.copy_location(ast.Pass(), sub))
+        return node
+
+
 def _code(name: str, body: list[ast.stmt]) -> CodeType:
-    tree = ast.Module(body=body, type_ignores=[])
+    tree = _WithoutAnnotations().visit(ast.Module(body=copy.deepcopy(body), type_ignores=[]))
     # The flag keeps annotations postponed without the run-time import of __future__.
-    code: CodeType = compile(tree, os.path.join(PACKAGE, name + ".py"), "exec",
+    code: CodeType = compile(ast.fix_missing_locations(tree), os.path.join(PACKAGE, name + ".py"), "exec",
                              flags=__future__.annotations.compiler_flag, dont_inherit=True, optimize=2)
     return code
 
 
-def _compile(name: str, module: _Module, keep: set[int]) -> tuple[tuple[str, int, int, CodeType], bytes]:
-    """((module, source size, source mtime, hot code), marshalled rest code or b"")."""
+def _without_lines(code: CodeType) -> CodeType:
+    """``code`` without its line table (a quarter of the hot parts' bytes). A hook logs an
+    internal error as its type and message, never a traceback, so the hot path has no
+    use for line numbers; the rest parts keep theirs, and so does every module imported
+    without the bundle."""
+    consts = tuple(_without_lines(c) if isinstance(c, CodeType) else c for c in code.co_consts)
+    return code.replace(co_consts=consts, co_linetable=b"")
+
+
+def _compile(name: str, module: _Module, keep: set[int]) -> tuple[CodeType, bytes]:
+    """(hot code, marshalled rest code or b"")."""
     hot = [node for i, (node, _, _) in enumerate(module.units) if i in keep]
     rest = [node for i, (node, _, _) in enumerate(module.units) if i not in keep]
-    info = module.stat
-    return (name, info.st_size, info.st_mtime_ns, _code(name, hot)), (marshal.dumps(_code(name, rest)) if rest else b"")
+    return _without_lines(_code(name, hot)), (marshal.dumps(_code(name, rest)) if rest else b"")
+
+
+def _module_level(node: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of a top-level statement that run when the module does: not function
+    or class bodies."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            yield from _module_level(child)
+
+
+def preloads(parsed: dict[str, _Module], keep: dict[str, set[int]]) -> list[tuple[str, str, int, int]]:
+    """(name, file, size, mtime) of the modules outside the package that the hot parts
+    import when they run, built into the interpreter (file "") or C extensions
+    (``_json``), so that the hook loads them without the import system's search."""
+    names = []
+    for name, module in parsed.items():
+        for index in sorted(keep[name]):
+            for sub in _module_level(module.units[index][0]):
+                if isinstance(sub, ast.Import):
+                    names += [alias.name for alias in sub.names if "." not in alias.name]
+    found = []
+    for name in dict.fromkeys(names):
+        if name in sys.builtin_module_names:
+            found.append((name, "", 0, 0))
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader) and spec.origin:
+            info = os.stat(spec.origin)
+            found.append((name, spec.origin, info.st_size, info.st_mtime_ns))
+    return found
 
 
 def build() -> bytes:
-    """The bundle file: ``FORMAT``, the head's length (8 bytes), the head, the rest parts.
+    """The bundle file: a fixed prefix, the boot part, the head, the rest parts.
 
-    The head is ``marshal`` of (bytecode magic, [(module, source size, source mtime, hot
-    code, rest offset, rest length)]); a rest offset counts from the end of the head.
+    The prefix is ``FORMAT``, the interpreter's bytecode magic, the boot part's length
+    (4 bytes) and the head's length (8 bytes). The boot part is this package's own
+    ``__init__`` compiled; the head is ``marshal`` of (sources: [(module, size, mtime)],
+    preloads: see :func:`preloads`, modules: [(module, hot code, rest offset, rest
+    length)]); a rest offset counts from the end of the head.
     """
+    init = os.path.join(PACKAGE, "__init__.py")
+    info = os.stat(init)
+    with open(init, encoding="utf-8") as handle:
+        boot = marshal.dumps(_without_lines(compile(handle.read(), init, "exec", dont_inherit=True, optimize=2)))
     parsed, keep = hot_units(modules())
-    entries, rests, at = [], [], 0
+    sources, entries, rests, at = [("__init__", info.st_size, info.st_mtime_ns)], [], [], 0
     for name, module in parsed.items():
         hot, rest = _compile(name, module, keep[name])
-        entries.append((*hot, at, len(rest)))
+        sources.append((name, module.stat.st_size, module.stat.st_mtime_ns))
+        entries.append((name, hot, at, len(rest)))
         rests.append(rest)
         at += len(rest)
-    head = marshal.dumps((importlib.util.MAGIC_NUMBER, entries))
-    return FORMAT + len(head).to_bytes(8, "little") + head + b"".join(rests)
+    head = marshal.dumps((sources, preloads(parsed, keep), entries))
+    prefix = FORMAT + importlib.util.MAGIC_NUMBER + len(boot).to_bytes(4, "little") + len(head).to_bytes(8, "little")
+    assert len(prefix) == PREFIX
+    return prefix + boot + head + b"".join(rests)
 
 
 def main() -> int:

@@ -3,8 +3,8 @@
 shell-operator starts one hook process per AdmissionReview and bounds nothing, so a
 flood of requests sent straight to the webhook port would otherwise run as many
 parsers at once as it has connections, and starve the Pods the API server sends.
-Each process takes one of ``slots`` lock files (``flock``, released by the kernel when
-the process exits, however it exits). If none is free it waits, without spinning, up
+Each process takes one of ``slots`` lock files (a POSIX record lock, ``lockf``, which
+the kernel releases when the process exits, however it exits). If none is free it waits, without spinning, up
 to ``wait`` seconds for one, and otherwise answers at once by the failure policy.
 
 Requests larger than :data:`LARGE` (a Pod manifest is a few KiB; the API server
@@ -12,14 +12,13 @@ allows 3 MiB) share a separate, smaller pool, so a flood of huge bodies cannot h
 the slots that ordinary Pods need: measured on the e2e chain, one shared pool let 48
 clients posting 2000-container Pods push every Pod admission past its timeout.
 
-On the hot path: ``posix`` and ``_signal`` are built in and ``fcntl`` is a small
-extension module (``signal`` itself would import ``enum``).
+On the hot path: ``posix`` and ``_signal`` are built in (``signal`` itself would import
+``enum``), and ``posix.lockf`` saves importing ``fcntl`` for ``flock``.
 """
 
 from __future__ import annotations
 
 import _signal as signal  # type: ignore[import-not-found]
-import fcntl
 import posix
 
 SLOTS_DIR = "admission-slots"
@@ -70,15 +69,15 @@ def enter(state_dir: str, slots: int, wait: float, size: int = 0) -> str | None:
     for step in range(slots):
         fd = _open_slot(directory, (start + step) % slots)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            posix.lockf(fd, posix.F_TLOCK, 0)
             return None
-        except BlockingIOError:
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: another process has it
             posix.close(fd)
     fd = _open_slot(directory, start)
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, max(wait, 0.001))
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        posix.lockf(fd, posix.F_LOCK, 0)
         return None
     except _Timeout:
         posix.close(fd)

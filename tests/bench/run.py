@@ -508,8 +508,8 @@ def measure(quick: bool) -> dict:
 
 
 def make_bundle() -> str:
-    """Build the hot path's bundle, as the image build does."""
-    out = subprocess.run([sys.executable, "-m", "imagemapper.bundle"], env=dict(os.environ, PYTHONPATH=LIB),
+    """Build the hot path's bundle, as the image build does: with the hooks' interpreter."""
+    out = subprocess.run([hook_python(), "-m", "imagemapper.bundle"], env=dict(os.environ, PYTHONPATH=LIB),
                          capture_output=True, text=True, check=True)
     return out.stdout.strip().split(": ", 1)[1]
 
