@@ -1106,3 +1106,48 @@ def test_every_exported_metric_and_label_is_documented(synced, state):
         for key in re.findall(r'(\w+)="', labels):
             assert key == "hook" or f"`{key}`" in rows[name], (name, key)
     assert "label `hook`" in docs
+
+
+def test_bundle_preloads_what_the_hot_parts_import_from_outside(bundled_lib):
+    """The bundle names the interpreter's modules that the hot parts import when they load
+    (imagemapper.bundle.preloads), so the hook loads them without the import system."""
+    import marshal
+
+    from imagemapper import PREFIX
+
+    with open(os.path.join(bundled_lib, "imagemapper", "_hotpath.bundle"), "rb") as handle:
+        data = handle.read()
+    boot, size = int.from_bytes(data[12:16], "little"), int.from_bytes(data[16:PREFIX], "little")
+    sources, preloads, _ = marshal.loads(data[PREFIX + boot:PREFIX + boot + size])
+    assert [s[0] for s in sources][:2] == ["__init__", "kube"]  # the package's own code is checked too
+    names = {name: origin for name, origin, _, _ in preloads}
+    assert {"_json", "binascii"} <= set(names) and "fcntl" not in names
+    assert not names["binascii"] or names["binascii"].endswith(".so")  # built in, or a file
+
+
+def test_preload_loads_only_the_recorded_file_on_this_interpreters_path(tmp_path, plain_lib):
+    """imagemapper._preload, in a fresh hook interpreter: the recorded _json file loads;
+    the same file with another size or mtime, or a byte-identical copy off this
+    interpreter's own path (a bundle built by another Python of the same bytecode), is
+    left to the usual import."""
+    import shutil
+    import subprocess
+
+    probe = ("import os, sys\nimport imagemapper\n"
+             "if sys.argv[1] == 'copy':\n"
+             "    import shutil; shutil.copy2(sys.argv[2], sys.argv[3])\n"
+             "import _imp\n"
+             "origin = sys.argv[2] if sys.argv[1] != 'copy' else sys.argv[3]\n"
+             "info = os.stat(origin)\n"
+             "size = info.st_size + (1 if sys.argv[1] == 'size' else 0)\n"
+             "imagemapper._preload('_json', origin, size, info.st_mtime_ns)\n"
+             "print('_json' in sys.modules, getattr(sys.modules.get('_json'), '__file__', None) == origin)")
+    where = subprocess.run([HOOK_PYTHON, "-S", "-c", "import _json; print(_json.__file__)"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert where.endswith(".so"), where  # a C extension in the hooks' interpreter, as on Debian and Alpine
+    copy = str(tmp_path / os.path.basename(where))
+    outs = {case: subprocess.run([HOOK_PYTHON, "-S", "-c", probe, case, where, copy], capture_output=True, text=True,
+                                 check=True, env={**os.environ, "PYTHONPATH": plain_lib}).stdout.split()
+            for case in ("same", "size", "copy")}
+    assert outs == {"same": ["True", "True"], "size": ["False", "False"], "copy": ["False", "False"]}, outs
+    shutil.rmtree(tmp_path, ignore_errors=True)
