@@ -892,7 +892,7 @@ and the counters moved after the answer, one small file per series.
     teardown, as mutate.py does; the old hook is the **fixed-allow** row.
   * **tried and measured, left as shipped**: the temp dir on the node's disk (more
     shell-operator CPU in kernel file work, see the settings table), `LOG_PROXY_HOOK_JSON`
-    (either way shell-operator parses our JSON lines), `IMAGE_MAPPER_MAX_ADMISSIONS` 2, 4 and
+    (either way shell-operator parses our JSON lines), `IMAGE_MAPPER_MAX_ADMISSIONS` 2, 3, 4 and
     64 (at concurrency 50 the gate's slots make the others wait after the interpreter start,
     which is where the CPU goes; no setting beat 8 beyond the noise), the gate taken before the
     bundle is loaded (no gain beyond the noise), `PYTHONMALLOC=malloc` (slower for both hooks),
