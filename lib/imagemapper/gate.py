@@ -4,8 +4,9 @@ shell-operator starts one hook process per AdmissionReview and bounds nothing, s
 flood of requests sent straight to the webhook port would otherwise run as many
 parsers at once as it has connections, and starve the Pods the API server sends.
 Each process takes one of ``slots`` lock files (a POSIX record lock, ``lockf``, which
-the kernel releases when the process exits, however it exits). If none is free it waits, without spinning, up
-to ``wait`` seconds for one, and otherwise answers at once by the failure policy.
+the kernel releases when the process exits, however it exits). If none is free it
+waits, without spinning, up to ``wait`` seconds for one, and otherwise answers at once
+by the failure policy.
 
 Requests larger than :data:`LARGE` (a Pod manifest is a few KiB; the API server
 allows 3 MiB) share a separate, smaller pool, so a flood of huge bodies cannot hold
