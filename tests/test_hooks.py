@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOOKS_DIR = os.path.join(ROOT, "hooks")
 with open(os.path.join(HOOKS_DIR, "mutate.py")) as _shebang:
-    HOOK_PYTHON = _shebang.readline()[2:].split()[0]  # the hooks' interpreter: /usr/bin/python3
+    HOOK_SHEBANG = _shebang.readline()[2:].split()  # exactly the hooks' interpreter and flags: python3 -S
+HOOK_PYTHON = HOOK_SHEBANG[0]
 OPNS = "image-mapper-system"
 MUTATE = "pods.mutate.imagemapper.io"
 
@@ -882,9 +883,7 @@ def test_mutate_hot_path_imports_stay_small(synced, state, tmp_path, variant):
     env = {**make_env(state), **paths, "VALIDATING_RESPONSE_PATH": paths["ADMISSION_RESPONSE_PATH"],
            "PYTHONPATH": lib}
     script = os.path.join(HOOKS_DIR, "mutate.py")
-    with open(script) as handle:
-        interpreter = handle.readline()[2:].split()   # exactly the shebang: python3 -S
-    out = subprocess.run([*interpreter, "-X", "importtime", script], env=env, capture_output=True,
+    out = subprocess.run([*HOOK_SHEBANG, "-X", "importtime", script], env=env, capture_output=True,
                          text=True, check=True)
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert "encodings" in imported  # the profile is real: the interpreter's own start-up is in it

@@ -594,10 +594,7 @@ def table(fig: dict) -> str:
             "microseconds, the median of 5 runs, under importtime's own overhead; `encodings`, "
             "`_frozen_importlib_external`, `io`, `zipimport` and `encodings.utf_8` are the interpreter's own start, "
             "paid by the floor too):", "",
-            "| " + " | ".join(f"{name} | us" for name, _ in columns) + " |",
-            "|" + "---|---:|" * len(columns)]
-    for row in zip(*(ranked for _, ranked in columns)):
-        out.append("| " + " | ".join(f"`{name.strip()}` | {us}" for name, us in row) + " |")
+            *_side_by_side(columns, "{} | us", "---|---:|", lambda name, us: f"`{name.strip()}` | {us}")]
     profiles = [("this revision", fig["profile"])]
     if "profile_base" in fig:
         profiles.append((f"`{GOAL2_BASE}`", fig["profile_base"]))
@@ -605,11 +602,18 @@ def table(fig: dict) -> str:
             "fresh processes, own time per function, the median of 20 runs; it includes the bundle load, "
             "the modules' bodies and the bookkeeping, not the interpreter's teardown (C code, which this "
             "revision skips); profiling inflates small calls):", "",
-            "| " + " | ".join(f"{name}: function | us | calls" for name, _ in profiles) + " |",
-            "|" + "---|---:|---:|" * len(profiles)]
-    for row in zip(*(ranked for _, ranked in profiles)):
-        out.append("| " + " | ".join(f"`{n}` | {us:.1f} | {c}" for n, us, c in row) + " |")
+            *_side_by_side(profiles, "{}: function | us | calls", "---|---:|---:|",
+                           lambda n, us, c: f"`{n}` | {us:.1f} | {c}")]
     return "\n".join(out)
+
+
+def _side_by_side(columns: list[tuple[str, list]], head: str, align: str, cell) -> list[str]:
+    """A Markdown table of ranked lists side by side: ``head`` and ``cell(*entry)`` give
+    each list's cells in a row, ``align`` its separator cells."""
+    rows = ["| " + " | ".join(head.format(name) for name, _ in columns) + " |", "|" + align * len(columns)]
+    for row in zip(*(ranked for _, ranked in columns)):
+        rows.append("| " + " | ".join(cell(*entry) for entry in row) + " |")
+    return rows
 
 
 E2E_BEGIN, E2E_END = "<!-- e2e:begin -->", "<!-- e2e:end -->"
